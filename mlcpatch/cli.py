@@ -1,0 +1,38 @@
+"""The one command line, `mlcpatch`; each subcommand lives beside the code it drives."""
+
+from __future__ import annotations
+
+import click
+
+from mlcpatch import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mlcpatch")
+def main() -> None:
+    """RecursiveMAS for WebGPU: patch, build and run models whose last hidden states are exposed.
+
+    \b
+    Typical flow:
+      mlcpatch archs                         list architectures the patcher knows
+      mlcpatch patch qwen2 --diff            see what the patch adds to a model definition
+      mlcpatch build --arch qwen2 --model DIR   HF weights -> artifact folder (shards + library)
+      mlcpatch generate ARTIFACTS --prompt "Hi"
+    """
+
+
+def _register() -> None:
+    from mlcpatch.patcher.command import archs_command, patch_command
+
+    main.add_command(patch_command)
+    main.add_command(archs_command)
+    try:
+        from mlcpatch.recipes.command import build_command, generate_command, hidden_command
+    except ImportError:  # the build commands arrive with the compiler backend
+        return
+    main.add_command(build_command)
+    main.add_command(generate_command)
+    main.add_command(hidden_command)
+
+
+_register()

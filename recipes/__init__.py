@@ -1,0 +1,1 @@
+"""Build recipes: HF weights -> shards + compiled library."""

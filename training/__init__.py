@@ -1,0 +1,1 @@
+"""RecursiveMAS link trainer (issue: RecursiveLink trainer)."""
