@@ -236,9 +236,10 @@ def hidden_path(graph: ModuleGraph, cls: ClassRef, name: str) -> HiddenPath:
         if logits_var is not None and logits_var in _assigned_names(stmt):
             break
         post.append(stmt)
-    used_defs = set()
+    used_defs: set[str] = set()
     for stmt in [stack, *post]:
-        used_defs |= _loaded_names(stmt)
+        if not _is_index_stmt(stmt, hidden_var):  # prefill's own indexing is never copied
+            used_defs |= _loaded_names(stmt)
     preamble = [
         s
         for s in body[:stack_index]

@@ -13,7 +13,7 @@ from mlcpatch.patcher.files import atomic_write, check_target, write_backup
 from mlcpatch.patcher.generate import apply_insertions, build_insertions
 from mlcpatch.patcher.markers import find_blocks, short_hash, strip_blocks
 from mlcpatch.patcher.modules import ClassRef, ModuleGraph
-from mlcpatch.patcher.source import SourceFile, decode_source
+from mlcpatch.patcher.source import SourceFile, decode_source, parse_source
 
 # Exit codes of `--check`, as the CLI promises them.
 PATCHED, NOT_PATCHED, CANNOT_PATCH = 0, 1, 2
@@ -140,6 +140,7 @@ def revert_file(path: Path, *, force: bool = False, dry_run: bool = False) -> Pa
     path = Path(path)
     check_target(path, write=not dry_run)
     text = _read(path)
+    parse_source(text, path)  # refuse files that are not Python at all
     original, has_blocks = _original_of(text, path, force=force)
     if not has_blocks:
         return PatchResult(path, "not patched", False, before=text, after=text)

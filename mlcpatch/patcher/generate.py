@@ -97,12 +97,12 @@ def _copied_method(
 
 
 def _delegating_method(
-    path: HiddenPath, existing: str, name: str, doc: str, indent: str, step: str
+    path: HiddenPath, existing: str, name: str, indent: str, step: str
 ) -> list[str]:
     args = ", ".join(path.params)
     return [
         indent + _signature(path.method, name),
-        f'{indent}{step}"""{doc} Same as {existing}()."""',
+        f'{indent}{step}"""Same as {existing}()."""',
         f"{indent}{step}return self.{existing}({args})",
     ]
 
@@ -253,7 +253,7 @@ def _import_lines(analysis: ModelAnalysis, names: set[str], sources: list[Source
             lines.append(f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
         else:  # defined at the top of the other module
             lines.append(f"from {layout.module} import {name}")
-    return lines
+    return sorted(lines)
 
 
 def _import_point(source: SourceFile) -> int:
@@ -274,11 +274,9 @@ def build_insertions(analysis: ModelAnalysis, original: str) -> list[Insertion]:
     indent, step = _class_body_indent(target), _step(target)
     orig_hash = short_hash(original)
     if analysis.delegate:
-        methods = _delegating_method(
-            analysis.prefill, EXISTING_PREFILL, NEW_PREFILL, DOC_PREFILL, indent, step
-        )
+        methods = _delegating_method(analysis.prefill, EXISTING_PREFILL, NEW_PREFILL, indent, step)
         methods += [""] + _delegating_method(
-            analysis.decode, EXISTING_DECODE, NEW_DECODE, DOC_DECODE, indent, step
+            analysis.decode, EXISTING_DECODE, NEW_DECODE, indent, step
         )
     else:
         methods = _copied_method(
