@@ -10,9 +10,13 @@ TARGET ?= llvm
 OUT ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow lint format build demo serve bench clean
+.PHONY: setup system test test-slow lint format build demo serve bench clean
 
-setup: $(STAMP)
+setup: system $(STAMP)
+
+# Debian packages (installed when running as root or with passwordless sudo; listed otherwise).
+system:
+	.ci/install-system.sh
 
 # torch is pinned to 2.13.0 (the CPU wheel); an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml

@@ -22,10 +22,17 @@ def main() -> None:
 
 
 def _register() -> None:
+    from mlcpatch.loop.command import bench_command, run_command
     from mlcpatch.patcher.command import archs_command, patch_command
 
     main.add_command(patch_command)
     main.add_command(archs_command)
+    main.add_command(run_command)
+    main.add_command(bench_command)
+
+    from mlcpatch.publish.command import publish_command
+
+    main.add_command(publish_command)
     try:
         from mlcpatch.recipes.command import build_command, generate_command, hidden_command
     except ImportError:  # the build commands arrive with the compiler backend

@@ -12,11 +12,12 @@ DEFAULT_ROPE_THETA = 10000.0
 
 
 def rope_theta_from(source: dict[str, Any], default: float = DEFAULT_ROPE_THETA) -> float:
+    # transformers 5 folds a legacy rope_theta into rope_parameters, so the latter wins.
     params = source.get("rope_parameters") or {}
-    if "rope_theta" in source and source["rope_theta"] is not None:
-        return float(source["rope_theta"])
-    if "rope_theta" in params:
+    if params.get("rope_theta") is not None:
         return float(params["rope_theta"])
+    if source.get("rope_theta") is not None:
+        return float(source["rope_theta"])
     return float(default)
 
 

@@ -46,8 +46,8 @@ class LlamaConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         rope_source = {**self.kwargs, "rope_scaling": self.rope_scaling}
-        if not self.rope_theta:
-            self.rope_theta = rope_theta_from(self.kwargs)
+        theta_source = {**self.kwargs, "rope_theta": self.rope_theta or None}
+        self.rope_theta = rope_theta_from(theta_source)
         self.rope_scaling = rope_scaling_from(rope_source)
         if self.rope_scaling is not None:
             kind = self.rope_scaling["rope_type"]
@@ -219,7 +219,9 @@ class LlamaForCausalLM(nn.Module):
         logits = self.batch_forward(input_embeds, paged_kv_cache, logit_positions)
         return logits, paged_kv_cache
 
-    def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> tuple[Tensor, Any]:
+    def batch_decode(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, Any]:
         logits = self.batch_forward(input_embeds, paged_kv_cache)
         return logits, paged_kv_cache
 

@@ -46,8 +46,8 @@ class QWen2Config(ConfigBase):
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.rope_theta:
-            self.rope_theta = rope_theta_from(self.kwargs, default=1000000.0)
+        theta_source = {**self.kwargs, "rope_theta": self.rope_theta or None}
+        self.rope_theta = rope_theta_from(theta_source, default=1000000.0)
         if rope_scaling_from(self.kwargs) is not None:
             raise ValueError("RoPE scaling is not supported for qwen2 models")
         if self.kwargs.get("use_sliding_window"):
@@ -212,7 +212,9 @@ class QWen2LMHeadModel(nn.Module):
         logits = self.batch_forward(input_embeds, paged_kv_cache, logit_positions)
         return logits, paged_kv_cache
 
-    def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache) -> tuple[Tensor, Any]:
+    def batch_decode(
+        self, input_embeds: Tensor, paged_kv_cache: PagedKVCache
+    ) -> tuple[Tensor, Any]:
         logits = self.batch_forward(input_embeds, paged_kv_cache)
         return logits, paged_kv_cache
 

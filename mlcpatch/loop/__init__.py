@@ -1,0 +1,1 @@
+"""The latent loop (RecursiveMAS): agents hand hidden states to each other through links."""

@@ -1,0 +1,308 @@
+"""Running an artifact folder on the CPU from Python.
+
+The verbs mirror the JS engine's (see DESIGN.md): ``embed``, ``prefill``, ``decode``,
+``get_last_hidden``, ``decode_last_hidden``, ``reset`` and ``generate``. One KV-cache sequence
+is live at a time; every call that runs the model appends to it (``get_last_hidden`` included,
+exactly like ``prefill``), and ``reset`` starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+CHAT_CONFIG = "mlc-chat-config.json"
+MANIFEST = "manifest.json"
+PAGE_SIZE = 16
+_SEQ_ID = 0
+
+
+class ArtifactError(RuntimeError):
+    """The artifact folder is incomplete, corrupted, or used beyond its limits."""
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    output_ids: list[int]
+    text: str
+    stopped_by: str  # "stop token" or "max_new_tokens"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"{path.parent}: missing {path.name} (not an artifact folder?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def verify_artifact(folder: pathlib.Path, manifest: dict[str, Any]) -> None:
+    """Check every file the manifest lists against its size and sha256."""
+    for rel, info in manifest.get("files", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: {rel} is missing (listed in manifest.json)")
+        if path.stat().st_size != info["size"]:
+            raise ArtifactError(
+                f"{path}: size {path.stat().st_size} differs from manifest.json ({info['size']}); "
+                "the artifact is corrupted: rebuild it"
+            )
+        if _sha256(path) != info["sha256"]:
+            raise ArtifactError(
+                f"{path}: sha256 mismatch with manifest.json; the artifact is corrupted: rebuild it"
+            )
+
+
+def _load_params(folder: pathlib.Path, names: list[str], device: Any) -> list[Any]:
+    import tvm
+
+    cache = _read_json(folder / "tensor-cache.json")
+    arrays: dict[str, Any] = {}
+    for shard in cache["records"]:
+        raw = (folder / shard["dataPath"]).read_bytes()
+        if len(raw) != shard["nbytes"]:
+            raise ArtifactError(f"{folder / shard['dataPath']}: truncated shard")
+        for rec in shard["records"]:
+            if rec["format"] != "raw":
+                raise ArtifactError(f"{rec['name']}: unsupported record format {rec['format']}")
+            begin = rec["byteOffset"]
+            data = np.frombuffer(raw[begin : begin + rec["nbytes"]], dtype=rec["dtype"])
+            arrays[rec["name"]] = tvm.runtime.tensor(data.reshape(rec["shape"]), device)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ArtifactError(f"tensor-cache.json lacks parameter(s): {', '.join(missing[:5])}")
+    return [arrays[n] for n in names]
+
+
+class Runtime:
+    """A compiled model, its weights, one KV-cache sequence and (lazily) its tokenizer."""
+
+    def __init__(
+        self,
+        folder: str | pathlib.Path,
+        *,
+        verify: bool = True,
+        context_window_size: int | None = None,
+        prefill_chunk_size: int | None = None,
+    ) -> None:
+        import tvm
+        from tvm import relax
+        from tvm.runtime import ShapeTuple
+
+        self.folder = pathlib.Path(folder)
+        if not self.folder.is_dir():
+            raise ArtifactError(f"{self.folder}: no such artifact folder")
+        self.manifest = _read_json(self.folder / MANIFEST)
+        self.config = _read_json(self.folder / CHAT_CONFIG)
+        if verify:
+            verify_artifact(self.folder, self.manifest)
+        lib_name = self.config["model_lib"].get("llvm")
+        if lib_name is None:
+            raise ArtifactError(f"{self.folder}: no CPU (llvm) library in this artifact")
+        self.device = tvm.cpu()
+        self._vm = relax.VirtualMachine(
+            tvm.runtime.load_module(str(self.folder / lib_name)), self.device
+        )
+        self._params = _load_params(self.folder, self.manifest["param_names"], self.device)
+        model_config = self.config["model_config"]
+        self.dtype: str = model_config["dtype"]
+        self.hidden_size: int = int(model_config["hidden_size"])
+        self.vocab_size: int = int(model_config["vocab_size"])
+        # Both are runtime arguments of the KV cache, so they may differ from the build's.
+        self.prefill_chunk: int = int(prefill_chunk_size or self.config["prefill_chunk_size"])
+        self.context_window: int = int(context_window_size or self.config["context_window_size"])
+        self._shape = ShapeTuple
+        self._f = {n: self._vm[n] for n in self.functions()}
+        self._kv_add = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
+        self._kv_clear = tvm.get_global_func("vm.builtin.kv_state_clear")
+        self._kv_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
+        self._kv_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
+        self._kv = self._f["create_paged_kv_cache"](
+            ShapeTuple([1]),
+            ShapeTuple([self.context_window]),
+            ShapeTuple([self.prefill_chunk]),
+            ShapeTuple([PAGE_SIZE]),
+            ShapeTuple([0]),
+        )
+        self._kv_add(self._kv, _SEQ_ID)
+        self.position = 0  # tokens in the live sequence
+        self._tokenizer: Any = None
+
+    @staticmethod
+    def functions() -> tuple[str, ...]:
+        return (
+            "embed",
+            "prefill",
+            "decode",
+            "get_last_hidden",
+            "decode_last_hidden",
+            "create_paged_kv_cache",
+        )
+
+    # --- sequence state -------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop the live sequence and start an empty one."""
+        self._kv_clear(self._kv)
+        self._kv_add(self._kv, _SEQ_ID)
+        self.position = 0
+
+    def _run(self, name: str, embeds: np.ndarray) -> Any:
+        import tvm
+
+        n = embeds.shape[0]
+        if self.position + n > self.context_window:
+            raise ArtifactError(
+                f"sequence would reach {self.position + n} positions, beyond the context window "
+                f"({self.context_window}); call reset()"
+            )
+        data = tvm.runtime.tensor(np.ascontiguousarray(embeds[None], dtype=self.dtype), self.device)
+        self._kv_begin(self._kv, self._shape([_SEQ_ID]), self._shape([n]))
+        out = self._f[name](data, self._kv, self._params)
+        self._kv_end(self._kv)
+        self.position += n
+        return out[0].numpy()
+
+    def _check_embeds(self, embeds: np.ndarray, single: bool) -> np.ndarray:
+        embeds = np.asarray(embeds)
+        if single:
+            embeds = embeds.reshape(1, -1) if embeds.ndim == 1 else embeds
+            if embeds.shape[0] != 1:
+                raise ValueError(f"expected one embedding, got shape {embeds.shape}")
+        if embeds.ndim != 2 or embeds.shape[1] != self.hidden_size or embeds.shape[0] == 0:
+            raise ValueError(f"expected embeddings [n, {self.hidden_size}], got {embeds.shape}")
+        return embeds
+
+    # --- the verbs --------------------------------------------------------------------------
+    def embed(self, ids: list[int] | np.ndarray) -> np.ndarray:
+        """Token ids -> input embeddings [n, hidden] (float32)."""
+        import tvm
+
+        arr = np.asarray(ids, dtype=np.int32).reshape(-1)
+        if arr.size == 0 or arr.min() < 0 or arr.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be non-empty and in [0, {self.vocab_size})")
+        out = self._f["embed"](tvm.runtime.tensor(arr, self.device), self._params)
+        return out.numpy().astype(np.float32)
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        """Append positions to the sequence; logits [vocab] of the last one."""
+        embeds = self._check_embeds(embeds, single=False)
+        logits = None
+        for start in range(0, embeds.shape[0], self.prefill_chunk):
+            logits = self._run("prefill", embeds[start : start + self.prefill_chunk])
+        return logits.reshape(-1, self.vocab_size)[-1].astype(np.float32)
+
+    def decode(self, embed: np.ndarray) -> np.ndarray:
+        """Append one position; its logits [vocab]."""
+        embed = self._check_embeds(embed, single=True)
+        return self._run("decode", embed).reshape(self.vocab_size).astype(np.float32)
+
+    def get_last_hidden(self, embeds: np.ndarray) -> np.ndarray:
+        """Append positions (writes the KV cache like prefill); final-norm hidden [n, hidden]."""
+        embeds = self._check_embeds(embeds, single=False)
+        parts = [
+            self._run("get_last_hidden", embeds[start : start + self.prefill_chunk])
+            for start in range(0, embeds.shape[0], self.prefill_chunk)
+        ]
+        return np.concatenate([p.reshape(-1, self.hidden_size) for p in parts]).astype(np.float32)
+
+    def decode_last_hidden(self, embed: np.ndarray) -> np.ndarray:
+        """Append one position; its final-norm hidden state [hidden]."""
+        embed = self._check_embeds(embed, single=True)
+        out = self._run("decode_last_hidden", embed)
+        return out.reshape(self.hidden_size).astype(np.float32)
+
+    # --- text -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        return self._tokenizer
+
+    def encode_chat(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as one user turn, with the assistant turn opened."""
+        tok = self.tokenizer
+        if tok.chat_template:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(tok(prompt)["input_ids"])
+
+    def default_stop_ids(self) -> list[int]:
+        ids = set(self.config.get("eos_token_id") or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return sorted(ids)
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_token_ids: list[int] | None = None,
+        greedy: bool = False,
+        seed: int | None = None,
+        prompt_ids: list[int] | None = None,
+    ) -> GenerationResult:
+        """Chat-templated generation from a fresh sequence.
+
+        ``prompt_ids`` skips the chat template; ``stop_token_ids=[]`` never stops early.
+        """
+        if (prompt is None) == (prompt_ids is None):
+            raise ValueError("pass exactly one of prompt and prompt_ids")
+        ids = list(prompt_ids) if prompt_ids is not None else self.encode_chat(prompt or "")
+        stops = set(self.default_stop_ids() if stop_token_ids is None else stop_token_ids)
+        rng = np.random.default_rng(seed)
+        self.reset()
+        logits = self.prefill(self.embed(ids))
+        output: list[int] = []
+        stopped_by = "max_new_tokens"
+        for step in range(max_new_tokens):
+            token = sample(logits, temperature, top_p, greedy, rng)
+            output.append(token)
+            if token in stops:
+                stopped_by = "stop token"
+                break
+            if step + 1 < max_new_tokens:
+                logits = self.decode(self.embed([token]))
+        text_ids = [t for t in output if t not in stops]
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        return GenerationResult(ids, output, text, stopped_by)
+
+
+def sample(
+    logits: np.ndarray,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    rng: np.random.Generator,
+) -> int:
+    """Next token: argmax when greedy (or temperature 0), else nucleus sampling."""
+    if greedy or temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    cumulative = np.cumsum(probs[order])
+    keep = order[: int(np.searchsorted(cumulative, top_p) + 1)]
+    kept = probs[keep] / probs[keep].sum()
+    return int(rng.choice(keep, p=kept))

@@ -1,0 +1,406 @@
+"""`mlcpatch serve`: a static HTTP server for the web page and the artifact folders.
+
+Serves ``web/`` at ``/`` (its ``node_modules/`` included, so the page can import the pinned npm
+packages without a bundler) and every artifact folder under ``--artifacts`` at
+``/artifacts/<name>/``, listed as JSON at ``/artifacts/index.json``. Responses carry the headers a
+WebGPU page wants (``application/wasm``, cross-origin isolation) and honour single HTTP byte
+ranges, so large weight shards can be fetched in parts. Paths are checked before anything is
+opened: no ``..``, no encoded separators or dots, and no symlink that leads out of its root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http.server
+import json
+import os
+import pathlib
+import re
+import socket
+import sys
+import threading
+import urllib.parse
+import webbrowser
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import click
+
+WEB_DIR = pathlib.Path(__file__).resolve().parent.parent / "web"
+ARTIFACTS_PREFIX = "/artifacts/"
+INDEX_PATH = "/artifacts/index.json"
+CHAT_CONFIG = "mlc-chat-config.json"
+_CHUNK = 1 << 20
+
+MIME_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".wasm": "application/wasm",
+    ".bin": "application/octet-stream",
+    ".model": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+    ".txt": "text/plain; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".jinja": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+# Cross-origin isolation lets pages use SharedArrayBuffer and precise timers; with it, every
+# resource must opt in to being embedded, which CORP does for our same-origin files.
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class PathRefused(Exception):
+    """A request path that must not reach the file system."""
+
+
+def safe_relative_path(url_path: str) -> list[str]:
+    """The URL path's segments, or PathRefused for anything that could escape a root.
+
+    Percent-decoding happens once, here; a segment that decodes to ``.``/``..`` or contains a
+    separator, a NUL or a backslash is refused (browsers normalise plain ``..`` themselves, so
+    one arriving encoded is an attack, not a link).
+    """
+    if "\\" in url_path or "\0" in url_path:
+        raise PathRefused(url_path)
+    segments = []
+    for raw in url_path.split("/"):
+        if raw == "":
+            continue
+        part = urllib.parse.unquote(raw, errors="strict")
+        if part in (".", "..") or any(c in part for c in "/\\\0"):
+            raise PathRefused(url_path)
+        segments.append(part)
+    return segments
+
+
+def resolve_inside(root: pathlib.Path, segments: list[str]) -> pathlib.Path:
+    """``root/segments`` with symlinks resolved; PathRefused if that leaves ``root``."""
+    root = root.resolve()
+    target = root.joinpath(*segments).resolve()
+    if target != root and root not in target.parents:
+        raise PathRefused("/".join(segments))
+    return target
+
+
+def find_artifacts(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Artifact folders (those holding mlc-chat-config.json) in ``folder``, by URL name.
+
+    ``folder`` may itself be one artifact folder.
+    """
+    if not folder.is_dir():
+        return {}
+    if (folder / CHAT_CONFIG).is_file():
+        return {folder.resolve().name: folder}
+    found = {}
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith(".") or not (child / CHAT_CONFIG).is_file():
+            continue  # hidden: a build's staging folder
+        found[child.name] = child
+    return found
+
+
+def describe_artifact(name: str, folder: pathlib.Path) -> dict[str, Any]:
+    """What the page needs to offer an artifact folder, from its config and manifest."""
+    entry: dict[str, Any] = {"name": name, "url": ARTIFACTS_PREFIX + urllib.parse.quote(name) + "/"}
+    try:
+        config = json.loads((folder / CHAT_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {**entry, "error": f"unreadable {CHAT_CONFIG}: {exc}"}
+    libraries = config.get("model_lib") or {}
+    entry.update(
+        model_type=config.get("model_type"),
+        quantization=config.get("quantization"),
+        hidden_size=config.get("hidden_size"),
+        vocab_size=config.get("vocab_size"),
+        context_window_size=config.get("context_window_size"),
+        libraries=libraries,
+        webgpu=libraries.get("webgpu"),
+    )
+    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        entry["size_bytes"] = sum(int(f["size"]) for f in manifest.get("files", {}).values())
+        entry["source"] = (manifest.get("source") or {}).get("spec")
+    return entry
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` inclusive for a single satisfiable ``bytes=`` range.
+
+    None means "serve the whole file" (no header, or one we do not handle, such as several
+    ranges: RFC 9110 lets a server ignore Range). ValueError means unsatisfiable (416).
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise ValueError(header)
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or (last != "" and int(last) < start):
+        raise ValueError(header)
+    return start, end
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET/HEAD for files under the web root and the artifact folders; nothing else."""
+
+    server_version = "mlcpatch-serve"
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's naming)
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._respond(send_body=False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    # --- routing --------------------------------------------------------------------------
+    def _respond(self, send_body: bool) -> None:
+        url_path = urllib.parse.urlsplit(self.path).path
+        try:
+            if url_path in (INDEX_PATH, ARTIFACTS_PREFIX.rstrip("/"), ARTIFACTS_PREFIX):
+                self._send_json(self._artifact_index(), send_body)
+                return
+            path = self._locate(url_path)
+        except (PathRefused, UnicodeDecodeError):
+            self._send_error(404, "not found")
+            return
+        if path is None or not path.is_file():
+            self._send_error(404, "not found")
+            return
+        self._send_file(path, send_body)
+
+    def _locate(self, url_path: str) -> pathlib.Path | None:
+        segments = safe_relative_path(url_path)
+        if segments[:1] == ["artifacts"]:
+            if len(segments) < 2:
+                return None
+            folder = find_artifacts(self.server.artifacts).get(segments[1])
+            if folder is None:
+                return None
+            return resolve_inside(folder, segments[2:])
+        path = resolve_inside(self.server.web_root, segments)
+        if path.is_dir():
+            path = path / "index.html"
+        return path
+
+    def _artifact_index(self) -> dict[str, Any]:
+        found = find_artifacts(self.server.artifacts)
+        return {"artifacts": [describe_artifact(n, p) for n, p in found.items()]}
+
+    # --- responses ------------------------------------------------------------------------
+    def _common_headers(self, content_type: str, length: int) -> None:
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Cache-Control", "no-cache")
+        for key, value in ISOLATION_HEADERS.items():
+            self.send_header(key, value)
+
+    def _send_json(self, payload: Any, send_body: bool) -> None:
+        body = json.dumps(payload, indent=2).encode()
+        self.send_response(200)
+        self._common_headers("application/json", len(body))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _send_error(self, code: int, message: str, extra: dict[str, str] | None = None) -> None:
+        body = f"{code} {message}\n".encode()
+        self.send_response(code)
+        self._common_headers("text/plain; charset=utf-8", len(body))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_file(self, path: pathlib.Path, send_body: bool) -> None:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed below, after streaming)
+        except OSError:
+            self._send_error(404, "not found")
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                span = parse_range(self.headers.get("Range"), size)
+            except ValueError:
+                self._send_error(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+                return
+            start, end = span if span is not None else (0, size - 1)
+            length = end - start + 1 if size else 0
+            self.send_response(206 if span is not None else 200)
+            content_type = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
+            self._common_headers(content_type, length)
+            self.send_header("Accept-Ranges", "bytes")
+            mtime = os.fstat(f.fileno()).st_mtime
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+            if span is not None:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if send_body and length:
+                f.seek(start)
+                _copy(f, self.wfile, length)
+
+
+def _copy(src: BinaryIO, dst: Any, length: int) -> None:
+    remaining = length
+    while remaining > 0:
+        chunk = src.read(min(_CHUNK, remaining))
+        if not chunk:
+            break
+        dst.write(chunk)
+        remaining -= len(chunk)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog (5) drops connections when a page fetches many shards at once.
+    request_queue_size = 512
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        web_root: pathlib.Path,
+        artifacts: pathlib.Path,
+        quiet: bool = False,
+    ) -> None:
+        self.web_root = web_root.resolve()
+        self.artifacts = artifacts
+        self.quiet = quiet
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that cancels a download closes the socket mid-response: not worth a trace.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}/"
+
+
+@contextlib.contextmanager
+def running_server(
+    web_root: pathlib.Path = WEB_DIR,
+    artifacts: pathlib.Path = pathlib.Path("artifacts"),
+    host: str = "127.0.0.1",
+    port: int = 0,
+    quiet: bool = True,
+) -> Iterator[Server]:
+    """A server on a background thread for the duration of the block (port 0: any free one)."""
+    server = Server((host, port), web_root, artifacts, quiet=quiet)
+    thread = threading.Thread(target=server.serve_forever, name="mlcpatch-serve", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def check_web_root(web_root: pathlib.Path) -> list[str]:
+    """Problems that would leave the page blank (missing files or npm packages)."""
+    problems = []
+    if not (web_root / "index.html").is_file():
+        problems.append(f"{web_root}/index.html is missing")
+    for package in ("@mlc-ai/web-runtime", "@mlc-ai/web-tokenizers"):
+        if not (web_root / "node_modules" / package / "package.json").is_file():
+            problems.append(f"npm package {package} is missing: run `npm ci` in {web_root}")
+    return problems
+
+
+@click.command("serve")
+@click.option(
+    "--artifacts",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=pathlib.Path("artifacts"),
+    show_default=True,
+    help="Folder of artifact folders (or one artifact folder) to offer to the page.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.option(
+    "--web",
+    "web_root",
+    type=click.Path(file_okay=False, exists=True, path_type=pathlib.Path),
+    default=WEB_DIR,
+    show_default=True,
+    help="The web page's folder.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Do not log each request.")
+def serve_command(
+    artifacts: pathlib.Path,
+    host: str,
+    port: int,
+    open_browser: bool,
+    web_root: pathlib.Path,
+    quiet: bool,
+) -> None:
+    """Serve the in-browser engine's page and the artifact folders over HTTP.
+
+    \b
+    The page (web/index.html) lists the artifact folders, loads one with WebGPU and chats
+    with it. Listens on localhost only unless --host says otherwise.
+    """
+    for problem in check_web_root(web_root):
+        click.echo(f"warning: {problem}", err=True)
+    try:
+        server = Server((host, port), web_root, artifacts, quiet=quiet)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    count = len(find_artifacts(artifacts))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: other machines can reach this server", err=True)
+    click.echo(
+        f"Serving {web_root} and {count} artifact folder(s) from {artifacts} "
+        f"at {server.url} (Ctrl-C to stop)",
+        err=False,
+    )
+    sys.stdout.flush()
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    serve_command()

@@ -1,0 +1,151 @@
+"""The artifact folder: chat config, tokenizer files, manifest, and its atomic placement."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from mlcpatch.recipes.hashing import sha256_file
+
+CHAT_CONFIG = "mlc-chat-config.json"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class OutputExistsError(FileExistsError):
+    def __str__(self) -> str:
+        return f"{self.args[0]} already exists; pass --overwrite to replace it"
+
+
+def copy_tokenizer(source: pathlib.Path, dest: pathlib.Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, dest / name)
+            copied.append(name)
+    if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"{source}: no tokenizer files (tokenizer.json, ...)")
+    return copied
+
+
+def _token_ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def chat_config(
+    *,
+    model_type: str,
+    arch: str,
+    quantization: str,
+    model_config: dict[str, Any],
+    hf_config: dict[str, Any],
+    conv_template: str,
+    tokenizer_files: list[str],
+    libraries: dict[str, str],
+    generation_config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """mlc-chat-config.json in MLC-LLM's layout, plus the libraries this folder holds."""
+    generation = generation_config or {}
+    eos = _token_ids(generation.get("eos_token_id", hf_config.get("eos_token_id")))
+    return {
+        "version": "0.1.0",
+        "model_type": model_type,
+        "arch": arch,
+        "quantization": quantization,
+        "model_config": model_config,
+        "vocab_size": model_config["vocab_size"],
+        "hidden_size": model_config["hidden_size"],
+        "context_window_size": model_config["context_window_size"],
+        "prefill_chunk_size": model_config["prefill_chunk_size"],
+        "sliding_window_size": -1,
+        "attention_sink_size": -1,
+        "tensor_parallel_shards": 1,
+        "conv_template": conv_template,
+        "tokenizer_files": tokenizer_files,
+        "bos_token_id": hf_config.get("bos_token_id"),
+        "eos_token_id": eos,
+        "pad_token_id": hf_config.get("pad_token_id"),
+        "temperature": generation.get("temperature", 1.0),
+        "top_p": generation.get("top_p", 1.0),
+        "model_lib": libraries,
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("recursivemas-webgpu", "apache-tvm", "transformers", "numpy", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return versions
+
+
+def file_table(folder: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``folder`` except the manifest: relative path -> size and sha256."""
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST:
+            table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return table
+
+
+def write_manifest(folder: pathlib.Path, body: dict[str, Any]) -> pathlib.Path:
+    manifest = {"format": MANIFEST_FORMAT, **body, "files": file_table(folder)}
+    path = folder / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextlib.contextmanager
+def staging_dir(out: pathlib.Path, overwrite: bool) -> Iterator[pathlib.Path]:
+    """A temp folder next to ``out`` that replaces it only if the block finishes.
+
+    On any error the temp folder is removed and ``out`` is left exactly as it was.
+    """
+    if out.exists() and not overwrite:
+        raise OutputExistsError(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the artifact private
+        if out.exists():
+            if not overwrite:  # appeared while we were building
+                raise OutputExistsError(str(out))
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,245 @@
+"""The build pipeline: model source -> patched definition -> shards + library -> artifact folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+from mlcpatch.models.registry import ArchInfo, get_arch
+from mlcpatch.recipes.artifact import (
+    CHAT_CONFIG,
+    OutputExistsError,
+    chat_config,
+    copy_tokenizer,
+    staging_dir,
+    tool_versions,
+    write_manifest,
+)
+from mlcpatch.recipes.compile import COMPILE_STEPS, compile_library, export_model
+from mlcpatch.recipes.convert import ParamPlan, plan_params, write_params
+from mlcpatch.recipes.hashing import sha256_json
+from mlcpatch.recipes.hf_weights import HFWeights
+from mlcpatch.recipes.model_module import import_model_file, instantiate
+from mlcpatch.recipes.patch_step import patch_builtin
+from mlcpatch.recipes.quantization import Quantization, get_quantization
+from mlcpatch.recipes.source import ResolvedSource, resolve_source
+from mlcpatch.recipes.step_cache import StepCache
+from mlcpatch.recipes.targets import TargetSpec, parse_targets
+
+# Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
+CONVERT_VERSION = 1
+COMPILE_VERSION = 2
+
+
+class BuildError(RuntimeError):
+    """A build that cannot proceed; the message is one line for the user."""
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    arch: str
+    model: str
+    quantization: str = "q0f32"
+    targets: str = "llvm"
+    out: pathlib.Path | None = None
+    name: str | None = None
+    context_window_size: int | None = None
+    prefill_chunk_size: int | None = None
+    conv_template: str | None = None
+    overwrite: bool = False
+    use_cache: bool = True
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out: pathlib.Path
+    name: str
+    seconds: dict[str, float]
+    reused: list[str]  # steps taken from the cache
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - start, 3)
+
+
+def _bar(opts: BuildOptions, total: int, desc: str, unit: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=not opts.progress, file=sys.stderr)
+
+
+def _check_model_type(arch: ArchInfo, hf_config: dict[str, Any]) -> None:
+    model_type = hf_config.get("model_type")
+    if model_type not in arch.hf_model_types:
+        raise BuildError(
+            f"the model's config.json says model_type={model_type!r}, which is not the "
+            f"{arch.name!r} architecture (expects {', '.join(arch.hf_model_types)})"
+        )
+
+
+def _config_dict(hf_config: dict[str, Any], opts: BuildOptions) -> dict[str, Any]:
+    config = dict(hf_config)
+    if opts.context_window_size:
+        config["context_window_size"] = opts.context_window_size
+    if opts.prefill_chunk_size:
+        config["prefill_chunk_size"] = opts.prefill_chunk_size
+    return config
+
+
+def _convert(
+    opts: BuildOptions,
+    source: ResolvedSource,
+    plans: list[ParamPlan],
+    weights: HFWeights,
+    quant: Quantization,
+    stage: pathlib.Path,
+    reused: list[str],
+) -> None:
+    key = sha256_json(
+        {
+            "step": "convert",
+            "version": CONVERT_VERSION,
+            "source_files": source.origin_files,
+            "quantization": quant.name,
+            "plans": [dataclasses.asdict(p) for p in plans],
+        }
+    )
+    cache = StepCache("convert", enabled=opts.use_cache)
+    if cache.restore(key, stage) is not None:
+        reused.append("convert")
+        return
+    with _bar(opts, len(plans), "convert", "tensor") as bar:
+        write_params(plans, weights, stage, progress=lambda _name: bar.update(1))
+    shard_files = sorted(stage.glob("params_shard_*.bin")) + [stage / "tensor-cache.json"]
+    cache.store(key, {p.name: p for p in shard_files})
+
+
+def _compile(
+    opts: BuildOptions,
+    model: Any,
+    spec: TargetSpec,
+    patch_status: dict[str, Any],
+    config: dict[str, Any],
+    lib_path: pathlib.Path,
+    reused: list[str],
+) -> None:
+    from importlib import metadata
+
+    key = sha256_json(
+        {
+            "step": "compile",
+            "version": COMPILE_VERSION,
+            "tvm": metadata.version("apache-tvm"),
+            "target": spec.name,
+            "target_options": str(spec.make_target()),
+            "model_file_sha256": patch_status["patched_sha256"],
+            "config": config,
+        }
+    )
+    cache = StepCache(f"compile-{spec.name}", enabled=opts.use_cache)
+    if cache.restore_file(key, "lib", lib_path):
+        reused.append(f"compile-{spec.name}")
+        return
+    with _bar(opts, COMPILE_STEPS, f"compile {spec.name}", "step") as bar:
+        compile_library(model, spec, lib_path, on_step=lambda: bar.update(1))
+    cache.store(key, {"lib": lib_path})
+
+
+def build(opts: BuildOptions) -> BuildResult:
+    """Build the artifact folder described by ``opts``; raises BuildError (or a ValueError
+    subclass from a step) with a one-line message. Nothing is left at ``out`` on failure."""
+    seconds: dict[str, float] = {}
+    reused: list[str] = []
+    arch = get_arch(opts.arch)
+    quant = get_quantization(opts.quantization)
+    targets = parse_targets(opts.targets)
+    with _timed(seconds, "source"):
+        source = resolve_source(opts.model, arch.name)
+        hf_config = source.config()
+        _check_model_type(arch, hf_config)
+    # The artifact is named after --out when given, so files inside match the folder name.
+    name = opts.name or (opts.out.name if opts.out else f"{source.name}-{quant.name}")
+    out = opts.out or pathlib.Path("artifacts") / name
+    if out.exists() and not opts.overwrite:
+        raise OutputExistsError(str(out))
+    weights = HFWeights(source.folder)
+
+    with staging_dir(out, opts.overwrite) as stage:
+        with _timed(seconds, "patch"):
+            patched, patch_status = patch_builtin(arch, stage / "source")
+            module = import_model_file(patched)
+        try:
+            config, model = instantiate(
+                arch, module, _config_dict(hf_config, opts), quant.model_dtype
+            )
+        except (ValueError, TypeError) as exc:
+            raise BuildError(f"config.json does not describe a {arch.name} model: {exc}") from exc
+        model_config = config.asdict()
+
+        with _timed(seconds, "plan"):
+            _, expected = export_model(model, targets[0].make_target())
+            plans = plan_params(arch, expected, weights, config.tie_word_embeddings)
+        with _timed(seconds, "convert"):
+            _convert(opts, source, plans, weights, quant, stage, reused)
+
+        libraries: dict[str, str] = {}
+        for spec in targets:
+            lib_name = f"{name}{spec.lib_suffix}"
+            with _timed(seconds, f"compile-{spec.name}"):
+                _compile(opts, model, spec, patch_status, model_config, stage / lib_name, reused)
+            libraries[spec.name] = lib_name
+
+        tokenizer_files = copy_tokenizer(source.folder, stage)
+        generation = None
+        if (source.folder / "generation_config.json").is_file():
+            generation = json.loads((source.folder / "generation_config.json").read_text())
+        conv_template = opts.conv_template or arch.default_conv_template
+        chat = chat_config(
+            model_type=arch.name,
+            arch=arch.name,
+            quantization=quant.name,
+            model_config=model_config,
+            hf_config=hf_config,
+            conv_template=conv_template,
+            tokenizer_files=tokenizer_files,
+            libraries=libraries,
+            generation_config=generation,
+        )
+        (stage / CHAT_CONFIG).write_text(json.dumps(chat, indent=2) + "\n")
+        write_manifest(
+            stage,
+            {
+                "name": name,
+                "created_unix": int(time.time()),
+                "tools": tool_versions(),
+                "source": {
+                    "spec": source.spec,
+                    "kind": source.kind,
+                    "files_sha256": source.origin_files,
+                },
+                "patch": patch_status,
+                "options": {
+                    "arch": arch.name,
+                    "quantization": quant.name,
+                    "targets": [t.name for t in targets],
+                    "context_window_size": model_config["context_window_size"],
+                    "prefill_chunk_size": model_config["prefill_chunk_size"],
+                    "conv_template": conv_template,
+                },
+                "libraries": libraries,
+                "param_names": [p.name for p in plans],
+            },
+        )
+    return BuildResult(out=out, name=name, seconds=seconds, reused=reused)

@@ -1,0 +1,187 @@
+"""`mlcpatch build`, `mlcpatch generate` and `mlcpatch hidden`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import click
+
+from mlcpatch.models.registry import BUILTIN_ARCHS
+
+# Errors a build or a run reports as one line (everything else is a bug and keeps its traceback).
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@click.command("build")
+@click.option(
+    "--arch",
+    required=True,
+    help=f"Architecture of the model ({', '.join(sorted(BUILTIN_ARCHS))}).",
+)
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="HF model folder, GGUF file, hub id, or 'tiny-random' (a tiny random model made "
+    "locally). Default: the arch recipe's model.",
+)
+@click.option("--quant", "quantization", default=None, help="q0f32 or q0f16 (default: recipe's).")
+@click.option(
+    "--target", "targets", default=None, help="Comma-separated compile targets (now: llvm)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=pathlib.Path),
+    default=None,
+    help="Artifact folder to create (default: artifacts/<name>).",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Artifact name (default: the --out folder name, else <model>-<quant>).",
+)
+@click.option("--context-window", "context_window_size", type=int, default=None)
+@click.option("--prefill-chunk", "prefill_chunk_size", type=int, default=None)
+@click.option("--conv-template", default=None, help="Conversation template name to record.")
+@click.option(
+    "--overwrite",
+    "--force",
+    "overwrite",
+    is_flag=True,
+    help="Replace an existing --out folder (it is only replaced once the new build succeeds).",
+)
+@click.option("--no-cache", is_flag=True, help="Redo every step instead of reusing cached ones.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def build_command(
+    arch: str,
+    model: str | None,
+    quantization: str | None,
+    targets: str | None,
+    out: pathlib.Path | None,
+    name: str | None,
+    context_window_size: int | None,
+    prefill_chunk_size: int | None,
+    conv_template: str | None,
+    overwrite: bool,
+    no_cache: bool,
+    quiet: bool,
+) -> None:
+    """Build an artifact folder: patched model library + weight shards + tokenizer + manifest.
+
+    \b
+    The built-in definition of ARCH is copied into the build, patched (get_last_hidden,
+    decode_last_hidden), compiled, and the weights converted into tensor-cache shards.
+    Finished steps are cached by the sha256 of their inputs ($MLCPATCH_CACHE_DIR,
+    default ~/.cache/mlcpatch). Example, with no download:
+      mlcpatch build --arch qwen2 --model tiny-random --out artifacts/tiny-qwen2
+    """
+    from mlcpatch.models.registry import get_arch
+    from mlcpatch.recipes.build import BuildOptions, build
+    from mlcpatch.recipes.recipe import load_recipe
+
+    try:
+        get_arch(arch)
+        recipe = load_recipe(arch)
+        model = model or (recipe.model if recipe else None)
+        if model is None:
+            raise ValueError(f"no --model given and no recipe for {arch!r} names a default")
+        options = BuildOptions(
+            arch=arch,
+            model=model,
+            quantization=quantization or (recipe.quantization if recipe else "q0f32"),
+            targets=targets or (recipe.targets if recipe else "llvm"),
+            out=out,
+            name=name,
+            context_window_size=context_window_size
+            or (recipe.context_window_size if recipe else None),
+            prefill_chunk_size=prefill_chunk_size
+            or (recipe.prefill_chunk_size if recipe else None),
+            conv_template=conv_template or (recipe.conv_template if recipe else None),
+            overwrite=overwrite,
+            use_cache=not no_cache,
+            progress=not quiet,
+        )
+        result = build(options)
+    except _USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""
+    total = sum(result.seconds.values())
+    click.echo(f"built {result.out} in {total:.1f}s{reused}")
+
+
+def _runtime(artifacts: pathlib.Path) -> object:
+    from mlcpatch.runtime import Runtime
+
+    return Runtime(artifacts)
+
+
+@click.command("generate")
+@click.argument("artifacts", type=click.Path(path_type=pathlib.Path))
+@click.option("--prompt", required=True, help="User message (the chat template is applied).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--greedy", is_flag=True, help="Always take the most likely token.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print prompt_ids, output_ids and text.")
+def generate_command(
+    artifacts: pathlib.Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Generate a reply to PROMPT with the artifact folder ARTIFACTS on the CPU."""
+    try:
+        runtime = _runtime(artifacts)
+        result = runtime.generate(  # type: ignore[attr-defined]
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            seed=seed,
+        )
+    except _USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    if as_json:
+        payload = {
+            "prompt_ids": result.prompt_ids,
+            "output_ids": result.output_ids,
+            "text": result.text,
+        }
+        click.echo(json.dumps(payload))
+    else:
+        click.echo(result.text)
+
+
+@click.command("hidden")
+@click.argument("artifacts", type=click.Path(path_type=pathlib.Path))
+@click.option("--prompt", required=True, help="User message (the chat template is applied).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    required=True,
+    help="Where to write the [seq_len, hidden] float32 array (.npy).",
+)
+def hidden_command(artifacts: pathlib.Path, prompt: str, out: pathlib.Path) -> None:
+    """Save the last hidden states (after the final norm) of PROMPT's positions as .npy."""
+    import numpy as np
+
+    try:
+        runtime = _runtime(artifacts)
+        ids = runtime.encode_chat(prompt)  # type: ignore[attr-defined]
+        hidden = runtime.get_last_hidden(runtime.embed(ids))  # type: ignore[attr-defined]
+        np.save(out, hidden.astype(np.float32))
+    except _USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from exc
+    click.echo(f"wrote {out} {list(hidden.shape)}")

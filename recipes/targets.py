@@ -1,0 +1,71 @@
+"""Compile targets: one table entry per kind of library the build can produce.
+
+Adding WebGPU later = one more ``TargetSpec`` (a Target with a wasm host and an exporter that links
+with emscripten); the rest of the build iterates over this table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from mlcpatch.recipes import webgpu as _webgpu
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    lib_suffix: str  # the library is written as <artifact name><lib_suffix>
+    make_target: Callable[[], Any]  # -> tvm.target.Target (built lazily: tvm imports are slow)
+    export: Callable[[Any, pathlib.Path], None]  # (relax executable, output path)
+    # IRModule -> IRModule, run before relax.build (target-specific Relax rewrites).
+    prepare: Callable[[Any], Any] = lambda mod: mod
+
+
+def _llvm_target() -> Any:
+    from tvm.target import Target
+
+    # TVM 0.27 dropped target strings: the dict form is the only one accepted.
+    # Reassociation lets LLVM vectorise the dot-product reductions of the unscheduled matmul
+    # kernels (measured 5x on SmolLM2 prefill); results move by float rounding only (~1e-6).
+    # No -mcpu: the library stays portable to any x86-64 / host-arch CPU.
+    return Target({"kind": "llvm", "fast-math-reassoc": True})
+
+
+def _llvm_prepare(mod: Any) -> Any:
+    from tvm import relax
+
+    # nn.Linear exports permute_dims(W) + matmul; unfused, the VM transposes every weight on
+    # every call and the matmul walks W with a stride (measured 20x slower on SmolLM2). Fused,
+    # the kernel reads W[n, k] row by row.
+    return relax.transform.FuseTransposeMatmul()(mod)
+
+
+def _export_shared_library(executable: Any, path: pathlib.Path) -> None:
+    executable.export_library(str(path))
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "llvm": TargetSpec("llvm", "-cpu.so", _llvm_target, _export_shared_library, _llvm_prepare),
+    "webgpu": TargetSpec("webgpu", _webgpu.LIB_SUFFIX, _webgpu.make_target, _webgpu.export_wasm),
+}
+
+PLANNED_TARGETS: tuple[str, ...] = ()
+
+
+def parse_targets(text: str) -> list[TargetSpec]:
+    """``"llvm,webgpu"`` -> table entries, in order, without duplicates."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError("no compile target given")
+    specs: list[TargetSpec] = []
+    for name in names:
+        if name in PLANNED_TARGETS:
+            raise ValueError(f"target {name!r} is not supported by the build yet (use llvm)")
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
+        if TARGETS[name] not in specs:
+            specs.append(TARGETS[name])
+    return specs

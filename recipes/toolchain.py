@@ -1,0 +1,232 @@
+"""The WebGPU toolchain: emscripten + TVM's web runtime compiled to bitcode, built once per TVM.
+
+A WebGPU build links the model's wasm32 objects with three bitcode files of TVM's web runtime
+(``wasm_runtime.bc``, ``tvmjs_support.bc``, ``webgpu_runtime.bc``). The apache-tvm wheel ships
+their sources but no build of them, and nine headers those sources include are missing from
+it; ``toolchain_headers/`` holds our own versions. The bitcode is built into
+``<cache>/tvm-web-<tvm version>/`` (``$MLCPATCH_CACHE_DIR`` or ``~/.cache/mlcpatch``), about
+2.5 minutes on 2 cores, and rebuilt only when TVM, emscripten or our headers change.
+
+``python -m mlcpatch.recipes.toolchain`` builds it (``--check`` only reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+
+from mlcpatch.recipes.step_cache import cache_root
+
+HEADERS_DIR = pathlib.Path(__file__).resolve().parent / "toolchain_headers"
+RUNTIME_BITCODE = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
+STAMP = "toolchain.json"
+INSTALL_HINT = "apt-get install -y --no-install-recommends emscripten"
+# Bumped when the way the bitcode is compiled changes (flags, layout).
+TOOLCHAIN_VERSION = 1
+_CFLAGS = ("-O3", "-std=c++17", "-Wno-ignored-attributes")
+
+
+class ToolchainError(RuntimeError):
+    """The WebGPU toolchain is missing or broken; the message says what to install or run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    emcc: str
+    emcc_version: str
+    folder: pathlib.Path  # holds the bitcode files and the stamp
+
+    @property
+    def bitcode(self) -> list[pathlib.Path]:
+        return [self.folder / f"{name}.bc" for name in RUNTIME_BITCODE]
+
+    @property
+    def identity(self) -> str:
+        """Changes whenever a wasm linked with this toolchain could differ."""
+        return json.loads((self.folder / STAMP).read_text())["key"]
+
+
+def tvm_version() -> str:
+    return metadata.version("apache-tvm")
+
+
+def toolchain_dir() -> pathlib.Path:
+    return cache_root() / f"tvm-web-{tvm_version()}"
+
+
+def find_emcc() -> tuple[str, str]:
+    """(path, first line of ``emcc --version``); ToolchainError if unusable."""
+    emcc = os.environ.get("MLCPATCH_EMCC") or shutil.which("emcc")
+    if emcc is None:
+        raise ToolchainError(
+            f"emcc (emscripten) not found: WebGPU builds need it. Install it with `{INSTALL_HINT}` "
+            "(Debian/Ubuntu), then run `make toolchain`."
+        )
+    try:
+        proc = subprocess.run([emcc, "--version"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolchainError(
+            f"{emcc} does not run ({exc}); reinstall it: `{INSTALL_HINT}`"
+        ) from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ToolchainError(
+            f"`{emcc} --version` failed ({detail[0]}); reinstall: `{INSTALL_HINT}`"
+        )
+    return emcc, proc.stdout.strip().splitlines()[0]
+
+
+def _tvm_packages() -> tuple[pathlib.Path, pathlib.Path]:
+    import tvm
+    import tvm_ffi
+
+    return pathlib.Path(tvm.__file__).parent, pathlib.Path(tvm_ffi.__file__).parent
+
+
+def _headers_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(HEADERS_DIR.rglob("*.h")):
+        digest.update(path.relative_to(HEADERS_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _key(emcc_version: str) -> str:
+    parts = {
+        "toolchain": TOOLCHAIN_VERSION,
+        "tvm": tvm_version(),
+        "emcc": emcc_version,
+        "headers": _headers_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _source_tree(dest: pathlib.Path) -> None:
+    """Lay out a TVM source tree (TVM_HOME) from the installed wheels plus our headers.
+
+    Copies rather than symlinks: the sources include each other by relative paths, which a
+    compiler resolves against the directory a file was found in.
+    """
+    tvm_dir, ffi_dir = _tvm_packages()
+    for sub in ("src", "include", "web"):
+        if not (tvm_dir / sub).is_dir():
+            raise ToolchainError(f"{tvm_dir / sub} is missing: reinstall apache-tvm")
+        shutil.copytree(tvm_dir / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    ffi_dest = dest / "3rdparty" / "tvm-ffi"
+    for sub in ("include", "src", "3rdparty"):
+        shutil.copytree(ffi_dir / sub, ffi_dest / sub)
+    shutil.copytree(HEADERS_DIR, dest, dirs_exist_ok=True)
+
+
+def _include_flags(root: pathlib.Path) -> list[str]:
+    dirs = (
+        root,
+        root / "include",
+        root / "3rdparty" / "tvm-ffi" / "include",
+        root / "3rdparty" / "tvm-ffi" / "3rdparty" / "dlpack" / "include",
+        root / "3rdparty" / "compiler-rt",
+    )
+    return [f"-I{d}" for d in dirs]
+
+
+def _compile_bitcode(emcc: str, root: pathlib.Path, name: str, out: pathlib.Path) -> None:
+    cmd = [emcc, *_include_flags(root), *_CFLAGS, "-emit-llvm", "-c"]
+    cmd += ["-o", str(out), str(root / "web" / "emcc" / f"{name}.cc")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
+        raise ToolchainError(f"compiling TVM's web runtime ({name}.cc) failed:\n{tail}")
+
+
+def build_toolchain(log: Callable[[str], None] = print) -> Toolchain:
+    """Build the runtime bitcode into ``toolchain_dir()`` (replacing what is there)."""
+    emcc, version = find_emcc()
+    folder = toolchain_dir()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}-", dir=folder.parent) as tmp:
+        work = pathlib.Path(tmp)
+        root, out = work / "tvm", work / "out"
+        out.mkdir()
+        _source_tree(root)
+        log(f"building TVM {tvm_version()}'s web runtime with {version} (about 3 minutes)")
+        # The three files are independent; wasm_runtime takes most of the time.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            jobs = [
+                pool.submit(_compile_bitcode, emcc, root, name, out / f"{name}.bc")
+                for name in RUNTIME_BITCODE
+            ]
+            for job in jobs:
+                job.result()
+        stamp = {"key": _key(version), "tvm": tvm_version(), "emcc": version}
+        (out / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(out, folder)
+    log(f"toolchain ready: {folder}")
+    return Toolchain(emcc, version, folder)
+
+
+def find_toolchain() -> Toolchain:
+    """The built toolchain; ToolchainError naming the command to run when it is not."""
+    emcc, version = find_emcc()
+    folder = toolchain_dir()
+    missing = [p.name for p in (folder / f"{n}.bc" for n in RUNTIME_BITCODE) if not p.is_file()]
+    if missing or not (folder / STAMP).is_file():
+        raise ToolchainError(
+            f"TVM's web runtime is not built in {folder}: run `make toolchain` "
+            "(or `python -m mlcpatch.recipes.toolchain`)"
+        )
+    toolchain = Toolchain(emcc, version, folder)
+    if toolchain.identity != _key(version):
+        raise ToolchainError(
+            f"{folder} was built for another TVM, emscripten or header set: rebuild it with "
+            "`make toolchain` (or `python -m mlcpatch.recipes.toolchain`)"
+        )
+    return toolchain
+
+
+def ensure_toolchain(log: Callable[[str], None] = print) -> Toolchain:
+    """The toolchain, building it first when it is missing or stale."""
+    try:
+        return find_toolchain()
+    except ToolchainError:
+        find_emcc()  # a missing emcc is reported as such, not as a failed build
+        return build_toolchain(log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlcpatch.recipes.toolchain",
+        description="Build (once) the emscripten toolchain and TVM web runtime for WebGPU builds.",
+    )
+    parser.add_argument("--check", action="store_true", help="only report; build nothing")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            toolchain = find_toolchain()
+            print(f"ok: {toolchain.emcc_version}; runtime bitcode in {toolchain.folder}")
+        elif args.rebuild:
+            build_toolchain()
+        else:
+            toolchain = ensure_toolchain()
+            print(f"ok: {toolchain.emcc_version}; runtime bitcode in {toolchain.folder}")
+    except ToolchainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

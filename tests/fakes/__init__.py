@@ -1,0 +1,1 @@
+"""Real HTTP servers standing in for the Hugging Face Hub and GitHub, and hand-built artifacts."""

@@ -1,0 +1,181 @@
+"""Bad inputs give one clear error and leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from collections.abc import Callable
+
+import pytest
+from click.testing import CliRunner
+
+from mlcpatch.cli import main
+from mlcpatch.recipes.artifact import OutputExistsError
+from mlcpatch.recipes.build import BuildError, BuildOptions, build
+from mlcpatch.recipes.convert import WeightMismatchError
+from mlcpatch.recipes.hf_weights import WeightFormatError
+from mlcpatch.recipes.source import SourceError
+from mlcpatch.recipes.targets import parse_targets
+from mlcpatch.runtime import ArtifactError, Runtime
+
+
+def _copy_model(tiny_hf: Callable[[str], pathlib.Path], dest: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(tiny_hf("qwen2-untied"), dest))
+
+
+def _edit_config(folder: pathlib.Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _assert_nothing_written(parent: pathlib.Path, out: pathlib.Path) -> None:
+    assert not out.exists()
+    assert not [p.name for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def _build(model: pathlib.Path | str, out: pathlib.Path, arch: str = "qwen2") -> None:
+    build(BuildOptions(arch=arch, model=str(model), out=out, progress=False))
+
+
+def test_unknown_arch_cli(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["build", "--arch", "gpt9", "--model", "tiny-random", "--out", str(out)]
+    )
+    assert result.exit_code != 0
+    assert "unknown architecture 'gpt9'" in result.output
+    assert "Traceback" not in result.output
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_config_shapes_disagree_with_weights(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    model = _copy_model(tiny_hf, tmp_path / "model")
+    _edit_config(model, intermediate_size=96)
+    out = tmp_path / "out"
+    with pytest.raises(WeightMismatchError, match=r"mlp.gate_up_proj.weight should be \[192, 64\]"):
+        _build(model, out)
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_config_with_fewer_layers_than_weights(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    model = _copy_model(tiny_hf, tmp_path / "model")
+    _edit_config(model, num_hidden_layers=1)
+    out = tmp_path / "out"
+    with pytest.raises(WeightMismatchError, match=r"unused by the model: model\.layers\.1\."):
+        _build(model, out)
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_missing_weight_files(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    model = _copy_model(tiny_hf, tmp_path / "model")
+    (model / "model.safetensors").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(WeightFormatError, match="no weight files"):
+        _build(model, out)
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_missing_shard_of_sharded_checkpoint(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    model = _copy_model(tiny_hf, tmp_path / "model")
+    (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+            "lm_head.weight": "model-00002-of-00002.safetensors",
+        },
+    }
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightFormatError, match="model-00002-of-00002.safetensors"):
+        _build(model, tmp_path / "out")
+
+
+def test_missing_config(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no config.json"):
+        _build(tmp_path / "empty", tmp_path / "out")
+
+
+def test_source_not_found(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(SourceError, match="not found"):
+        _build(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_arch_does_not_match_model_type(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(BuildError, match="model_type='qwen2'.*'llama'"):
+        _build(tiny_hf("qwen2-untied"), tmp_path / "out", arch="llama")
+
+
+def test_existing_output_is_refused_and_kept(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _build(tiny_hf("qwen2-untied"), out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    result = CliRunner().invoke(
+        main,
+        ["build", "--arch", "qwen2", "--model", str(tiny_hf("qwen2-untied")), "--out", str(out)],
+    )
+    assert result.exit_code != 0
+    assert "already exists; pass --overwrite" in result.output
+
+
+def test_target_parsing() -> None:
+    assert [t.name for t in parse_targets("llvm, llvm")] == ["llvm"]
+    assert [t.name for t in parse_targets("llvm,webgpu")] == ["llvm", "webgpu"]
+    with pytest.raises(ValueError, match="unknown target 'cuda'"):
+        parse_targets("cuda")
+    with pytest.raises(ValueError, match="no compile target"):
+        parse_targets(" , ")
+
+
+def test_unknown_quantization(tmp_path: pathlib.Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--arch",
+            "qwen2",
+            "--model",
+            "tiny-random",
+            "--quant",
+            "q4f16_1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "unknown quantization 'q4f16_1'" in result.output
+
+
+def test_corrupted_shard_is_detected_on_load(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    shard = artifact / "params_shard_0.bin"
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="params_shard_0.bin: sha256 mismatch"):
+        Runtime(artifact)
+    result = CliRunner().invoke(main, ["generate", str(artifact), "--prompt", "hi"])
+    assert result.exit_code != 0
+    assert "sha256 mismatch" in result.output and "Traceback" not in result.output
+
+
+def test_truncated_shard_is_detected_on_load(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    shard = artifact / "params_shard_0.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="differs from manifest.json"):
+        Runtime(artifact)
+
+
+def test_not_an_artifact_folder(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ArtifactError, match="missing manifest.json"):
+        Runtime(tmp_path)

@@ -1,0 +1,284 @@
+"""Link files: export -> load gives identical outputs, both formats, both variants; bad files fail
+with messages that name the link, the tensor and the shapes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+
+from mlcpatch.training.command import links_command
+from mlcpatch.training.format_binary import read_binary, write_binary
+from mlcpatch.training.format_json import read_json, write_json
+from mlcpatch.training.link_io import convert_links, load_links, save_links
+from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.training.module import LinkSet
+from mlcpatch.training.spec import make_spec
+
+
+def random_link_set(variant: str, activation: str = "gelu", seed: int = 0) -> LinkSet:
+    """Heterogeneous agents (32 and 48 wide) with every parameter random, biases included."""
+    specs = [
+        make_spec("inner", "a", "a", 32, 32, variant, 24, activation),
+        make_spec("inner", "b", "b", 48, 48, variant, None, activation),
+        make_spec("outer", "a", "b", 32, 48, variant, 40, activation),
+        make_spec("outer", "b", "a", 48, 32, variant, None, activation),
+    ]
+    link_set = LinkSet(specs, [AgentInfo("a", 32, "tiny:qwen2"), AgentInfo("b", 48, "tiny:llama")])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in link_set.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return link_set
+
+
+def outputs(link_set: LinkSet, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    result = {}
+    with torch.no_grad():
+        for name in link_set.names():
+            spec = link_set.specs[name]
+            result[name] = link_set[name](torch.randn(5, spec.in_dim, generator=generator))
+    return result
+
+
+@pytest.mark.parametrize("variant", ["residual", "ln-residual"])
+@pytest.mark.parametrize("fmt", ["json", "binary"])
+def test_export_load_identical_outputs(tmp_path: pathlib.Path, variant: str, fmt: str) -> None:
+    original = random_link_set(variant)
+    target = tmp_path / ("recursivelink.json" if fmt == "json" else "links")
+    save_links(original.to_file(), target, fmt=fmt)
+    loaded_file = load_links(target)
+    assert [s.name for s in loaded_file.links] == original.names()
+    assert loaded_file.agents == original.agents
+    loaded = LinkSet.from_file(loaded_file)
+    before, after = outputs(original), outputs(loaded)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+@pytest.mark.parametrize("variant", ["residual", "ln-residual"])
+def test_json_binary_round_trip_is_exact(tmp_path: pathlib.Path, variant: str) -> None:
+    link_file = random_link_set(variant, activation="gelu_tanh").to_file()
+    write_json(link_file, tmp_path / "a.json")
+    convert_links(tmp_path / "a.json", tmp_path / "bin")
+    convert_links(tmp_path / "bin", tmp_path / "b.json")
+    again = read_json(tmp_path / "b.json")
+    assert again.links == link_file.links
+    assert set(again.tensors) == set(link_file.tensors)
+    for key, value in link_file.tensors.items():
+        assert np.array_equal(again.tensors[key], value), key
+
+
+def test_f16_binary_rounds_to_half(tmp_path: pathlib.Path) -> None:
+    link_file = random_link_set("residual").to_file()
+    write_binary(link_file, tmp_path / "half.safetensors", dtype="f16")
+    loaded = read_binary(tmp_path / "half.safetensors")
+    for key, value in link_file.tensors.items():
+        assert np.array_equal(loaded.tensors[key], value.astype(np.float16).astype(np.float32))
+    assert (tmp_path / "half.json").is_file()
+
+
+def test_lone_safetensors_carries_its_manifest(tmp_path: pathlib.Path) -> None:
+    link_file = random_link_set("ln-residual").to_file()
+    write_binary(link_file, tmp_path / "links")
+    (tmp_path / "links" / "links.json").unlink()
+    loaded = load_links(tmp_path / "links" / "links.safetensors")
+    assert loaded.links == link_file.links
+
+
+def test_inner_links_omit_w3_and_keep_old_top_level(tmp_path: pathlib.Path) -> None:
+    write_json(random_link_set("residual").to_file(), tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["hidden"] == 32 and data["norm"] is False and data["gelu"] == "erf"
+    inner, outer = data["links"][0], data["links"][2]
+    assert "w3" not in inner and inner["kind"] == "inner"
+    assert np.asarray(outer["w3"]).shape == (48, 32)
+    assert {"w1", "b1", "w2", "b2"} <= set(inner)
+    assert np.asarray(inner["w1"]).shape == (24, 32)  # row-major [out, in] nested lists
+
+
+def test_legacy_recursivelink_json_is_read(tmp_path: pathlib.Path) -> None:
+    rng = np.random.default_rng(0)
+    legacy = {
+        "hidden": 8,
+        "gelu": "tanh",
+        "links": [
+            {
+                "w1": rng.normal(size=(4, 8)).tolist(),
+                "b1": rng.normal(size=4).tolist(),
+                "w2": rng.normal(size=(8, 4)).tolist(),
+                "b2": rng.normal(size=8).tolist(),
+            }
+        ],
+    }
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    loaded = load_links(tmp_path / "old.json")
+    spec = loaded.links[0]
+    assert (spec.name, spec.kind, spec.variant, spec.activation) == (
+        "link0",
+        "inner",
+        "residual",
+        "gelu_tanh",
+    )
+    h = rng.normal(size=8).astype(np.float32)
+    z = np.asarray(legacy["links"][0]["w1"]) @ h + legacy["links"][0]["b1"]
+    gelu = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+    expected = h + np.asarray(legacy["links"][0]["w2"]) @ gelu + legacy["links"][0]["b2"]
+    got = LinkSet.from_file(loaded)["link0"](torch.from_numpy(h)).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def _binary(tmp_path: pathlib.Path) -> tuple[pathlib.Path, dict, dict[str, np.ndarray]]:
+    write_binary(random_link_set("ln-residual").to_file(), tmp_path / "l")
+    manifest = json.loads((tmp_path / "l" / "links.json").read_text())
+    tensors = read_binary(tmp_path / "l").tensors
+    return tmp_path / "l", manifest, tensors
+
+
+def _rewrite(folder: pathlib.Path, manifest: dict, tensors: dict[str, np.ndarray]) -> None:
+    (folder / "links.json").write_text(json.dumps(manifest))
+    save_file(tensors, str(folder / "links.safetensors"))
+
+
+def test_wrong_shape_names_link_tensor_and_shapes(tmp_path: pathlib.Path) -> None:
+    folder, manifest, tensors = _binary(tmp_path)
+    tensors["outer_a_to_b.w3"] = np.zeros((48, 31), np.float32)
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(LinkFileError) as err:
+        load_links(folder)
+    assert "link 'outer_a_to_b' tensor 'outer_a_to_b.w3' has shape [48, 31], expected [48, 32]" in (
+        str(err.value)
+    )
+
+
+def test_missing_tensor_and_missing_field(tmp_path: pathlib.Path) -> None:
+    folder, manifest, tensors = _binary(tmp_path)
+    del tensors["inner_b.ln_out.bias"]
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(
+        LinkFileError,
+        match=r"link 'inner_b' \(ln-residual, inner\) is missing "
+        r"tensor 'inner_b.ln_out.bias' \(expected shape \[48\]\)",
+    ):
+        load_links(folder)
+    folder, manifest, tensors = _binary(tmp_path / "2")
+    del manifest["links"][1]["out_dim"]
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(LinkFileError, match=r"link 'inner_b' is missing field 'out_dim'"):
+        load_links(folder)
+
+
+def test_extra_tensor_bad_version_and_agent_mismatch(tmp_path: pathlib.Path) -> None:
+    folder, manifest, tensors = _binary(tmp_path)
+    tensors["ghost.w1"] = np.zeros((2, 2), np.float32)
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(LinkFileError, match=r"tensor 'ghost.w1' belongs to no link"):
+        load_links(folder)
+    folder, manifest, tensors = _binary(tmp_path / "2")
+    manifest["format"] = 7
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(LinkFileError, match=r"'format' is 7, this reader knows 1"):
+        load_links(folder)
+    folder, manifest, tensors = _binary(tmp_path / "3")
+    manifest["agents"][1]["hidden_size"] = 64
+    _rewrite(folder, manifest, tensors)
+    with pytest.raises(
+        LinkFileError, match=r"link 'inner_b' has in_dim=48 but agent 'b' has hidden_size=64"
+    ):
+        load_links(folder)
+
+
+def test_links_checked_against_models(tmp_path: pathlib.Path) -> None:
+    link_file = random_link_set("residual").to_file()
+    with pytest.raises(
+        LinkFileError,
+        match=r"link 'inner_b' has in_dim=48 but agent 'b''s model "
+        r"has hidden size 64",
+    ):
+        link_file.check_models({"a": 32, "b": 64})
+    with pytest.raises(LinkFileError, match=r"agent 'b' is not in this system"):
+        link_file.check_models({"a": 32})
+    link_file.check_models({"a": 32, "b": 48})
+
+
+def test_bf16_and_truncated_safetensors(tmp_path: pathlib.Path) -> None:
+    from safetensors.torch import save_file as save_torch
+
+    folder, manifest, _ = _binary(tmp_path)
+    save_torch(
+        {"inner_a.w1": torch.zeros(2, 2, dtype=torch.bfloat16)}, str(folder / "links.safetensors")
+    )
+    with pytest.raises(LinkFileError, match=r"tensor 'inner_a.w1' has dtype BF16, expected F16 or"):
+        load_links(folder)
+    (folder / "links.safetensors").write_bytes(b"\xff" * 12)
+    with pytest.raises(LinkFileError, match=r"header length \d+ runs past the end"):
+        load_links(folder)
+
+
+def test_json_errors(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "r.json"
+    write_json(random_link_set("residual").to_file(), path)
+    data = json.loads(path.read_text())
+    data["links"][0]["w1"] = [[1.0, 2.0], [3.0]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(LinkFileError, match=r"link 'inner_a' tensor 'w1' is not a rectangular"):
+        load_links(path)
+    path.write_text(json.dumps({"hidden": 4, "norm": True, "links": []}))
+    with pytest.raises(LinkFileError, match=r"'norm': true .* cannot be expressed"):
+        load_links(path)
+    path.write_text("{not json")
+    with pytest.raises(LinkFileError, match=r"r.json: not valid JSON"):
+        load_links(path)
+
+
+def test_loading_into_a_system_with_other_shapes_fails() -> None:
+    small = random_link_set("residual")
+    other = LinkSet([make_spec("inner", "a", "a", 32, 32, "residual", 16)])
+    with pytest.raises(LinkFileError, match=r"link 'inner_a': the file has residual/gelu"):
+        other.load_file(small.to_file())
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_convert_and_inspect_commands(tmp_path: pathlib.Path) -> None:
+    link_file = random_link_set("ln-residual").to_file()
+    write_json(link_file, tmp_path / "recursivelink.json")
+    runner = CliRunner()
+    result = runner.invoke(
+        links_command, ["convert", str(tmp_path / "recursivelink.json"), str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "links.safetensors").is_file()
+    result = runner.invoke(links_command, ["inspect", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "outer_b_to_a: outer b->a ln-residual 48->32 hidden 64 gelu" in result.output
+    back = tmp_path / "back.json"
+    result = runner.invoke(links_command, ["convert", str(tmp_path / "out"), str(back)])
+    assert result.exit_code == 0, result.output
+    assert read_json(back).links == link_file.links
+
+
+def test_convert_error_is_one_line(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"links": [{"name": "x", "kind": "inner"}]}))
+    result = CliRunner().invoke(links_command, ["convert", str(bad), str(tmp_path / "o")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"Error: {bad}: link 'x' is missing field 'from'"]
+
+
+def test_link_file_validate_rejects_duplicates() -> None:
+    spec = make_spec("inner", "a", "a", 4, 4, "residual", 2)
+    tensors = {f"inner_a.{k}": np.zeros(s, np.float32) for k, s in spec.param_shapes().items()}
+    with pytest.raises(LinkFileError, match=r"link 'inner_a' is listed twice"):
+        LinkFile([], [spec, spec], tensors).validate("x")

@@ -1,0 +1,123 @@
+"""A set of links as plain numpy arrays: what every file format reads into and writes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlcpatch.training.spec import LinkSpec, check_name
+
+
+class LinkFileError(ValueError):
+    """A link file is malformed or does not match what it is paired with; the message says where."""
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What a link file records about an agent: enough to check links against its model."""
+
+    name: str
+    hidden_size: int
+    model: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "hidden_size": self.hidden_size}
+        if self.model:
+            data["model"] = self.model
+        return data
+
+
+@dataclass
+class LinkFile:
+    """Links with their metadata and float32 tensors named '<link>.<param>'."""
+
+    agents: list[AgentInfo]
+    links: list[LinkSpec]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def link(self, name: str) -> LinkSpec:
+        for spec in self.links:
+            if spec.name == name:
+                return spec
+        raise LinkFileError(f"no link named {name!r}; have {[s.name for s in self.links]}")
+
+    def params(self, name: str) -> dict[str, np.ndarray]:
+        spec = self.link(name)
+        return {p: self.tensors[f"{name}.{p}"] for p in spec.param_shapes()}
+
+    def validate(self, source: str) -> None:
+        """Check names, duplicates, and every tensor against its link's expected shape."""
+        seen: set[str] = set()
+        for agent in self.agents:
+            check_name(agent.name, "agent")
+            if agent.name in seen:
+                raise LinkFileError(f"{source}: agent {agent.name!r} is listed twice")
+            seen.add(agent.name)
+        names: set[str] = set()
+        expected: set[str] = set()
+        for spec in self.links:
+            if spec.name in names:
+                raise LinkFileError(f"{source}: link {spec.name!r} is listed twice")
+            names.add(spec.name)
+            for param, shape in spec.param_shapes().items():
+                key = f"{spec.name}.{param}"
+                expected.add(key)
+                if key not in self.tensors:
+                    raise LinkFileError(
+                        f"{source}: link {spec.name!r} ({spec.variant}, {spec.kind}) is missing "
+                        f"tensor {key!r} (expected shape {list(shape)})"
+                    )
+                actual = tuple(self.tensors[key].shape)
+                if actual != shape:
+                    raise LinkFileError(
+                        f"{source}: link {spec.name!r} tensor {key!r} has shape {list(actual)}, "
+                        f"expected {list(shape)} (in_dim={spec.in_dim}, out_dim={spec.out_dim}, "
+                        f"hidden={spec.hidden})"
+                    )
+                if not np.all(np.isfinite(self.tensors[key])):
+                    raise LinkFileError(f"{source}: tensor {key!r} contains NaN or infinity")
+        extra = sorted(set(self.tensors) - expected)
+        if extra:
+            raise LinkFileError(
+                f"{source}: tensor {extra[0]!r} belongs to no link in the manifest "
+                f"({len(extra)} unexpected tensor(s))"
+            )
+        if self.agents:
+            dims = {a.name: a.hidden_size for a in self.agents}
+            for spec in self.links:
+                for role, agent, dim in (
+                    ("from", spec.source, spec.in_dim),
+                    ("to", spec.target, spec.out_dim),
+                ):
+                    if agent not in dims:
+                        raise LinkFileError(
+                            f"{source}: link {spec.name!r} {role} agent {agent!r} "
+                            f"is not in the agents list {sorted(dims)}"
+                        )
+                    if dims[agent] != dim:
+                        side = "in_dim" if role == "from" else "out_dim"
+                        raise LinkFileError(
+                            f"{source}: link {spec.name!r} has {side}={dim} but agent "
+                            f"{agent!r} has hidden_size={dims[agent]}"
+                        )
+
+    def check_models(self, hidden_sizes: dict[str, int], source: str = "links") -> None:
+        """Check the links against the models they will run with (agent name -> hidden size)."""
+        for spec in self.links:
+            for role, agent, dim in (
+                ("from", spec.source, spec.in_dim),
+                ("to", spec.target, spec.out_dim),
+            ):
+                if agent not in hidden_sizes:
+                    raise LinkFileError(
+                        f"{source}: link {spec.name!r} {role} agent {agent!r} is not in this "
+                        f"system (agents: {sorted(hidden_sizes)})"
+                    )
+                if hidden_sizes[agent] != dim:
+                    side = "in_dim" if role == "from" else "out_dim"
+                    raise LinkFileError(
+                        f"{source}: link {spec.name!r} has {side}={dim} but agent {agent!r}'s "
+                        f"model has hidden size {hidden_sizes[agent]}"
+                    )
