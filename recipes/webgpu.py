@@ -1,6 +1,6 @@
 """The WebGPU compile target: a Relax executable linked into one ``.wasm`` with emscripten.
 
-The device kernels become WGSL (with our accurate sin/cos, see webgpu_trig.py), the host code
+The device kernels become WGSL (with our accurate f32 math, see webgpu_math.py), the host code
 wasm32 objects; emscripten links those with TVM's web runtime bitcode (toolchain.py). The result
 is loaded by ``@mlc-ai/web-runtime`` in the browser (web/src/engine.js).
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlcpatch.recipes.toolchain import Toolchain, ensure_toolchain
-from mlcpatch.recipes.webgpu_trig import TRIG_VERSION, register_accurate_trig
+from mlcpatch.recipes.webgpu_math import MATH_VERSION, register_accurate_math
 
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"
@@ -37,12 +37,12 @@ _LINK_FLAGS = (
 
 
 def make_target() -> Any:
-    """The WebGPU target (wasm32 host); registers the sin/cos lowering the kernels need."""
+    """The WebGPU target (wasm32 host); registers the math lowerings the kernels need."""
     from tvm.target import Target
 
     # The lowering is a process-wide registration that must precede any WebGPU compile; doing
     # it here puts it on the one path every WebGPU build takes.
-    register_accurate_trig()
+    register_accurate_math()
     return Target({"kind": "webgpu"}, host=WASM_HOST)
 
 
@@ -51,7 +51,7 @@ def build_identity(toolchain: Toolchain | None = None) -> dict[str, Any]:
     toolchain = toolchain or ensure_toolchain()
     return {
         "webgpu": WEBGPU_VERSION,
-        "trig": TRIG_VERSION,
+        "math": MATH_VERSION,
         "toolchain": toolchain.identity,
     }
 

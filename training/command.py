@@ -137,8 +137,9 @@ def train_command(
     result = train(config, log=click.echo)
     losses = result.outer_losses or result.inner_losses
     if losses:
-        head = sum(losses[:10]) / len(losses[:10])
-        tail = sum(losses[-10:]) / len(losses[-10:])
+        window = max(1, len(losses) // 4)
+        head = sum(losses[:window]) / window
+        tail = sum(losses[-window:]) / window
         click.echo(f"loss {head:.4f} -> {tail:.4f} in {result.seconds:.1f}s")
 
 

@@ -43,8 +43,13 @@ class RecursiveLink(nn.Module):
             self.ln_out = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # Links keep float32 parameters while backbones may run in bf16/f16.
-        h = h.to(self.w1.dtype)
+        # Links are tiny, so they always run in float32, outside autocast: the closed-form start
+        # routes a linear map through GELU's near-linear regime, which relies on cancellations
+        # that bf16/f16 cannot hold. Backbones may still run in bf16/f16 around them.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self._forward(h.to(self.w1.dtype))
+
+    def _forward(self, h: torch.Tensor) -> torch.Tensor:
         x = self.ln_in(h) if self.ln_in is not None else h
         out = F.linear(activation(F.linear(x, self.w1, self.b1), self.spec.activation), self.w2)
         out = out + self.b2
