@@ -173,7 +173,7 @@ def _pow(x: Any, y: Any, fallback: Any) -> Any:
             lo = e * (y - y_hi) + y * _log2_mantissa(m)
             return _exp2_parts(e * y_hi, lo)
 
-        y_top = tirx.reinterpret("float32", tirx.reinterpret("uint32", y) & 0xFFFFF000)
+        y_top = tirx.reinterpret("float32", tirx.reinterpret("uint32", y) & tirx.const(0xFFFFF000, "uint32"))
         return _let("pow_yhi", y_top, product)
 
     accurate = _let("pow_bits", tirx.reinterpret("uint32", x), with_bits, "uint32")
