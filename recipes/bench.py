@@ -108,7 +108,7 @@ def unpatched_copy(folder: Path, work: Path) -> Path:
     module = import_model_file(builtin_model_file(arch.name))
     model_config = config["model_config"]
     _, model = instantiate(arch, module, model_config, model_config["dtype"])
-    copy = work / "unpatched"
+    copy = work / f"{folder.name}-unpatched"
     shutil.copytree(folder, copy)
     compile_library(model, parse_targets("llvm")[0], copy / config["model_lib"]["llvm"])
     return copy
