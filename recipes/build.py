@@ -33,6 +33,7 @@ from mlcpatch.recipes.quantization import Quantization, get_quantization
 from mlcpatch.recipes.source import ResolvedSource, resolve_source
 from mlcpatch.recipes.step_cache import StepCache
 from mlcpatch.recipes.targets import TargetSpec, parse_targets
+from mlcpatch.recipes.webgpu import build_identity
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
 CONVERT_VERSION = 1
@@ -146,6 +147,8 @@ def _compile(
             "target_options": str(spec.make_target()),
             "model_file_sha256": patch_status["patched_sha256"],
             "config": config,
+            # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version.
+            "webgpu": build_identity() if spec.name == "webgpu" else None,
         }
     )
     cache = StepCache(f"compile-{spec.name}", enabled=opts.use_cache)

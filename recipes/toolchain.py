@@ -4,8 +4,10 @@ A WebGPU build links the model's wasm32 objects with three bitcode files of TVM'
 (``wasm_runtime.bc``, ``tvmjs_support.bc``, ``webgpu_runtime.bc``). The apache-tvm wheel ships
 their sources but no build of them, and nine headers those sources include are missing from
 it; ``toolchain_headers/`` holds our own versions. The bitcode is built into
-``<cache>/tvm-web-<tvm version>/`` (``$MLCPATCH_CACHE_DIR`` or ``~/.cache/mlcpatch``), about
-2.5 minutes on 2 cores, and rebuilt only when TVM, emscripten or our headers change.
+``~/.cache/mlcpatch/tvm-web-<tvm version>/`` (``$MLCPATCH_TOOLCHAIN_DIR`` overrides the whole
+path), about 2.5 minutes on 2 cores, and rebuilt only when TVM, emscripten or our headers
+change. It lives apart from the build-step cache ($MLCPATCH_CACHE_DIR), which tests redirect
+to a fresh folder: the toolchain is installed once, like a system package.
 
 ``python -m mlcpatch.recipes.toolchain`` builds it (``--check`` only reports).
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -23,10 +27,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
-
-from mlcpatch.recipes.step_cache import cache_root
 
 HEADERS_DIR = pathlib.Path(__file__).resolve().parent / "toolchain_headers"
 RUNTIME_BITCODE = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
@@ -62,7 +64,11 @@ def tvm_version() -> str:
 
 
 def toolchain_dir() -> pathlib.Path:
-    return cache_root() / f"tvm-web-{tvm_version()}"
+    env = os.environ.get("MLCPATCH_TOOLCHAIN_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "mlcpatch" / f"tvm-web-{tvm_version()}"
 
 
 def find_emcc() -> tuple[str, str]:
@@ -196,13 +202,30 @@ def find_toolchain() -> Toolchain:
     return toolchain
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Serialise builds of one toolchain folder: parallel `mlcpatch build`s may all want it."""
+    folder = toolchain_dir()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_toolchain(log: Callable[[str], None] = print) -> Toolchain:
     """The toolchain, building it first when it is missing or stale."""
     try:
         return find_toolchain()
     except ToolchainError:
         find_emcc()  # a missing emcc is reported as such, not as a failed build
-        return build_toolchain(log)
+    with _build_lock():
+        try:  # another process may have built it while we waited
+            return find_toolchain()
+        except ToolchainError:
+            return build_toolchain(log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             toolchain = find_toolchain()
             print(f"ok: {toolchain.emcc_version}; runtime bitcode in {toolchain.folder}")
         elif args.rebuild:
-            build_toolchain()
+            with _build_lock():
+                build_toolchain()
         else:
             toolchain = ensure_toolchain()
             print(f"ok: {toolchain.emcc_version}; runtime bitcode in {toolchain.folder}")

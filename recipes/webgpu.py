@@ -21,6 +21,8 @@ WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"
 # Bumped when the emitted .wasm changes for the same model and toolchain.
 WEBGPU_VERSION = 1
+# Seconds of every emcc link in this process, for the benchmark (the build reports totals).
+LINK_SECONDS: list[float] = []
 
 # TVM's own link flags for tvmjs (tvm.contrib.tvmjs.create_tvmjs_wasm). The initial memory
 # only has to hold the runtime: weights live in GPU buffers and the heap grows on demand.
@@ -78,6 +80,7 @@ class EmccLinker:
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         self.seconds = time.perf_counter() - start
+        LINK_SECONDS.append(self.seconds)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
             raise RuntimeError(f"emcc failed to link {os.path.basename(output)}:\n{tail}")

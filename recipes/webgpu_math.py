@@ -104,17 +104,26 @@ _LN2_LO = 0x35BFBE8E  # 1.4286068e-06
 # ln((1+s)/(1-s)) / 2 = s + s^3/3 + s^5/5 + ...: enough terms for |s| <= 0.1716.
 _ATANH_SERIES = [1.0, 1 / 3, 1 / 5, 1 / 7, 1 / 9]
 _SQRT2 = 0x3FB504F3
-_INF = 0x7F800000
+_MIN_NORMAL = 0x00800000
+_MAX_FINITE = 0x7F7FFFFF
 
 
 def _scale_by_power_of_two(p: Any, k: Any) -> Any:
-    """p * 2**k for an integral f32 ``k``: exact, 0 below the normal range, inf above."""
+    """p * 2**k for an integral f32 ``k``: exact, overflowing to inf, 0 below normal range.
+
+    WGSL rejects an infinite constant (the shader fails to compile), so overflow happens at
+    run time: 2**k as two factors, each a normal number.
+    """
     from tvm import tirx
 
+    def power(e: Any) -> Any:
+        return tirx.reinterpret("float32", tirx.shift_left(e + 127, 23))
+
     def scaled(ki: Any) -> Any:
-        biased = tirx.reinterpret("float32", tirx.shift_left(ki + 127, 23))
-        in_range = p * biased
-        return tirx.Select(ki < -126, _f32(0.0), tirx.Select(ki > 127, _f32(_INF), in_range))
+        first = tirx.min(ki, 127)
+        second = tirx.max(tirx.min(ki - 127, 127), 0)
+        in_range = (p * power(first)) * power(second)
+        return tirx.Select(ki < -126, _f32(0.0), in_range)
 
     return _let("exp_k", tirx.Cast("int32", k), scaled, "int32")
 
@@ -173,12 +182,14 @@ def _pow(x: Any, y: Any, fallback: Any) -> Any:
             lo = e * (y - y_hi) + y * _log2_mantissa(m)
             return _exp2_parts(e * y_hi, lo)
 
-        y_top = tirx.reinterpret("float32", tirx.reinterpret("uint32", y) & tirx.const(0xFFFFF000, "uint32"))
+        y_top = tirx.reinterpret(
+            "float32", tirx.reinterpret("uint32", y) & tirx.const(0xFFFFF000, "uint32")
+        )
         return _let("pow_yhi", y_top, product)
 
     accurate = _let("pow_bits", tirx.reinterpret("uint32", x), with_bits, "uint32")
     # Zero, negative, subnormal, inf and NaN bases keep the builtin (and its special cases).
-    normal_positive = tirx.all(x >= _f32(0x00800000), x < _f32(_INF))
+    normal_positive = tirx.all(x >= _f32(_MIN_NORMAL), x <= _f32(_MAX_FINITE))
     return tirx.Select(normal_positive, accurate, fallback)
 
 

@@ -57,8 +57,7 @@ writeFileSync(outputPath, JSON.stringify(result));
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed")
+    assert shutil.which("node"), "Node.js is not installed: apt-get install -y nodejs"
     path = tmp_path_factory.mktemp("js") / "driver.mjs"
     path.write_text(DRIVER % LINKS_JS.as_uri())
     return path

@@ -205,6 +205,35 @@ def test_cli_compare_json(built: Callable[..., pathlib.Path]) -> None:
     assert objects[1]["rounds"][0]["tokens_generated"] == 0
 
 
+def test_cli_saved_links_reproduce_the_fitted_run(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    folder = str(built("qwen2-untied"))
+    args = ["run", "--model", folder, "--rounds", "2", "--latent-steps", "2"]
+    args += ["--max-new-tokens", "6", "--mode", "latent", "--json"]
+    runner = CliRunner()
+    saved = runner.invoke(main, [*args, "--save-links", str(tmp_path / "links"), QUESTION])
+    assert saved.exit_code == 0, saved.output
+    assert sorted(p.name for p in (tmp_path / "links").iterdir()) == [
+        "links.json",
+        "links.safetensors",
+    ]
+    loaded = runner.invoke(main, [*args, "--links", str(tmp_path / "links"), QUESTION])
+    assert loaded.exit_code == 0, loaded.output
+
+    def answer(output: str) -> dict:
+        obj = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+        return {k: obj[k] for k in ("answer", "tokens_generated")}
+
+    # Links are stored as float32, so the reloaded links are bit-identical: same answer.
+    assert answer(loaded.output) == answer(saved.output)
+    both = runner.invoke(
+        main, [*args, "--links", str(tmp_path / "links"), "--save-links", str(tmp_path / "x"), "q"]
+    )
+    assert both.exit_code != 0 and "cannot be used with --links" in both.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_human_output_and_errors(built: Callable[..., pathlib.Path]) -> None:
     folder = str(built("qwen2-untied"))
     runner = CliRunner()

@@ -73,7 +73,8 @@ def test_an_unknown_manifest_format_is_refused(artifact: pathlib.Path) -> None:
 def test_the_builds_own_manifest_writer_produces_what_publish_accepts(
     tmp_path: pathlib.Path,
 ) -> None:
-    recipes_artifact = pytest.importorskip("mlcpatch.recipes.artifact")
+    from mlcpatch.recipes import artifact as recipes_artifact
+
     folder = make_artifact(tmp_path / NAME)
     (folder / "manifest.json").unlink()
     recipes_artifact.write_manifest(folder, {"name": NAME, "options": {"quantization": "q0f32"}})

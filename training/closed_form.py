@@ -218,7 +218,10 @@ def samples_from_model(
     """Run a HF causal LM over texts and collect (last hidden at t, token t+1) pairs."""
     import torch
 
-    embedding = model.get_input_embeddings().weight
+    layer = model.get_input_embeddings()
+    # What the model actually feeds its first layer: Gemma scales the table by sqrt(hidden)
+    # inside the embedding's forward, so the raw weight would be the wrong target space.
+    embedding = layer.weight * getattr(layer, "embed_scale", 1.0)
     device = embedding.device
     rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     rows = [row for row in rows if len(row) >= 2]

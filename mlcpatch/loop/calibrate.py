@@ -17,6 +17,7 @@ from mlcpatch.loop.orchestrator import Agent, Links
 from mlcpatch.loop.patterns import Pattern
 from mlcpatch.loop.prompts import ids_of
 from mlcpatch.training.closed_form import AgentSamples, closed_form_links
+from mlcpatch.training.linkfile import LinkFile
 
 MAX_CALIBRATION_TOKENS = 256
 EMBED_CHUNK = 4096
@@ -53,11 +54,12 @@ def samples(name: str, backend: ModelBackend) -> AgentSamples:
     )
 
 
-def fitted_links(pattern: Pattern, agents: list[Agent]) -> Links:
-    """Closed-form links for every agent and hand-off of the pattern."""
+def closed_form_link_file(pattern: Pattern, agents: list[Agent]) -> LinkFile:
+    """Closed-form links for every agent and hand-off of the pattern, as a link file."""
     cache: dict[int, AgentSamples] = {}
     collected = []
     for agent in agents:
+        # Agents sharing one model share its samples: collecting them is the slow part.
         key = id(agent.backend)
         if key not in cache:
             cache[key] = samples(agent.role.name, agent.backend)
@@ -65,5 +67,11 @@ def fitted_links(pattern: Pattern, agents: list[Agent]) -> Links:
         collected.append(
             AgentSamples(agent.role.name, base.hidden, base.next_ids, base.embedding, base.vocab)
         )
-    link_file = closed_form_links(collected, pattern.handoffs())
-    return links_from_file(link_file, pattern, agents, "closed-form links")
+    return closed_form_links(collected, pattern.handoffs())
+
+
+def fitted_links(pattern: Pattern, agents: list[Agent]) -> Links:
+    """Closed-form links ready to run (what `mlcpatch run` uses without --links)."""
+    return links_from_file(
+        closed_form_link_file(pattern, agents), pattern, agents, "closed-form links"
+    )

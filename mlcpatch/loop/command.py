@@ -10,6 +10,7 @@ import click
 from mlcpatch.loop.backends import ModelBackend, open_backend
 from mlcpatch.loop.bench import bench, bench_questions, plot
 from mlcpatch.loop.calibrate import fitted_links
+from mlcpatch.loop.export_links import save_fitted_links
 from mlcpatch.loop.linkfile import load_links
 from mlcpatch.loop.orchestrator import Agent, RunResult, Settings, compare, run
 from mlcpatch.loop.patterns import PatternError, builtin_patterns, load_pattern
@@ -91,6 +92,12 @@ def _print_result(result: RunResult) -> None:
     "Default: the closed-form start, fitted on the models.",
 )
 @click.option(
+    "--save-links",
+    type=click.Path(dir_okay=True, writable=True),
+    help="Write the closed-form links fitted for this run to a folder (links.json + "
+    "links.safetensors), e.g. for the browser playground. Not with --links.",
+)
+@click.option(
     "--mode", type=click.Choice(["latent", "text", "compare"]), default="compare", show_default=True
 )
 @click.option(
@@ -120,6 +127,7 @@ def run_command(
     rounds: int,
     latent_steps: int,
     link_file: str | None,
+    save_links: str | None,
     mode: str,
     max_new_tokens: int,
     text_tokens: int,
@@ -147,13 +155,18 @@ def run_command(
         )
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    if save_links and link_file:
+        raise click.UsageError("--save-links writes fitted links; it cannot be used with --links")
     system, agents = _agents(pattern, models)
     results: list[RunResult] = []
     try:
+        links = load_links(link_file, system, agents) if link_file else None
+        if save_links:
+            written, links = save_fitted_links(system, agents, save_links)
+            click.echo(f"links written to {written}", err=True)
         if mode in ("text", "compare"):
             results.append(run("text", system, agents, question, settings))
         if mode in ("latent", "compare"):
-            links = load_links(link_file, system, agents) if link_file else None
             links = links or fitted_links(system, agents)
             results.append(run("latent", system, agents, question, settings, links))
     except ValueError as err:

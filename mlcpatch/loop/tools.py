@@ -70,13 +70,24 @@ def calculate(expression: str) -> float:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
         raise CalculatorError(f"not an arithmetic expression: {expression!r}") from None
-    return _eval(tree)
+    # Tool inputs come from the user's question: anything arithmetic rejects (sqrt(-1), a
+    # float overflow, round(inf)) must skip the expression, not crash the run.
+    try:
+        value = _eval(tree)
+    except (ArithmeticError, ValueError, TypeError) as err:
+        raise CalculatorError(f"cannot evaluate {expression!r}: {err}") from None
+    if isinstance(value, complex):  # (-8) ** 0.5
+        raise CalculatorError(f"{expression!r} has no real value")
+    return value
 
 
 def _format_number(value: float) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return f"{value:.6g}"
+    try:
+        return f"{value:.6g}"
+    except OverflowError:  # an int beyond float range (2**4179) has no 6-digit form
+        raise CalculatorError("result too large to show") from None
 
 
 def calculator_tool(question: str) -> list[str]:

@@ -507,14 +507,29 @@ export class Engine {
     if (host === null && rows <= this.prefillChunkSize) {
       return [{ rows, tensor: embeds.tensor, owned: false }];
     }
-    if (host === null) {
-      // Kernels take whole buffers, not offsets into one: a long GPU input is split via the CPU.
-      throw new RangeError(
-        `a DeviceTensor input longer than prefillChunkSize (${this.prefillChunkSize}) must be ` +
-          "passed as a Float32Array",
-      );
-    }
     const out = [];
+    if (host === null) {
+      // Kernels bind whole buffers, so each chunk of a long GPU input is copied (on the GPU)
+      // out of a view at its byte offset.
+      const bytesPerRow = hidden * (embeds.tensor.dtype === "float16" ? 2 : 4);
+      for (let start = 0; start < rows; start += this.prefillChunkSize) {
+        const n = Math.min(this.prefillChunkSize, rows - start);
+        const tensor = this.tvm.withNewScope(() => {
+          const createView = this.tvm.getGlobalFunc("runtime.TVMTensorCreateView");
+          const view = createView(
+            embeds.tensor,
+            this.tvm.makeShapeTuple([1, n, hidden]),
+            embeds.tensor.dtype,
+            new tvmjs.Scalar(start * bytesPerRow, "int"),
+          );
+          const copy = this.tvm.empty([1, n, hidden], embeds.tensor.dtype, this.device);
+          copy.copyFrom(view);
+          return this.tvm.detachFromCurrentScope(copy);
+        });
+        out.push({ rows: n, tensor, owned: true });
+      }
+      return out;
+    }
     for (let start = 0; start < rows; start += this.prefillChunkSize) {
       const n = Math.min(this.prefillChunkSize, rows - start);
       const data = host.subarray(start * hidden, (start + n) * hidden);

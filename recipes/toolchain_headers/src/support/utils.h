@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace tvm {
@@ -24,12 +25,15 @@ inline bool EndsWith(std::string_view text, std::string_view suffix) {
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// ffi::String has no implicit conversion to string_view, and error messages arrive as one.
-inline bool StartsWith(const ffi::String& text, std::string_view prefix) {
+// ffi::String has no implicit conversion to string_view, and error messages arrive as one. A
+// template, so a string literal still picks the string_view overload instead of being ambiguous.
+template <typename S, typename = std::enable_if_t<std::is_same_v<S, ffi::String>>>
+inline bool StartsWith(const S& text, std::string_view prefix) {
   return StartsWith(std::string_view(text.data(), text.size()), prefix);
 }
 
-inline bool EndsWith(const ffi::String& text, std::string_view suffix) {
+template <typename S, typename = std::enable_if_t<std::is_same_v<S, ffi::String>>>
+inline bool EndsWith(const S& text, std::string_view suffix) {
   return EndsWith(std::string_view(text.data(), text.size()), suffix);
 }
 

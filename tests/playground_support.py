@@ -1,0 +1,153 @@
+"""Shared by the playground's browser tests: tiny WebGPU builds, link files and Python runs.
+
+Builds are memoised here (not only by fixtures), so test modules that import this share them;
+both models build in parallel (each WebGPU link is a minute or more of emscripten).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# name -> (arch, seed, config overrides). llama48 has hidden 48 (heterogeneous agents) with
+# head_dim 16: TVM's WebGPU prefill kernel rejects head_dim 12 (4 heads of 48) and fails CSE with
+# GQA 3:1, so it has 3 heads and 3 KV heads.
+MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "tiny-qwen2": ("qwen2", 0, {}),
+    "tiny-llama48": (
+        "llama",
+        3,
+        {
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_attention_heads": 3,
+            "num_key_value_heads": 3,
+        },
+    ),
+}
+
+_lock = threading.Lock()
+_built: dict[str, pathlib.Path] = {}
+
+
+def _share_toolchain() -> None:
+    """Let the session's private build cache use an already built WebGPU toolchain (TVM's web
+    runtime bitcode, 2.5 minutes to build) instead of building it again."""
+    from mlcpatch.recipes.toolchain import tvm_version
+
+    if not os.environ.get("MLCPATCH_CACHE_DIR"):
+        return  # builds use the shared cache itself
+    session = pathlib.Path(os.environ["MLCPATCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    name = f"tvm-web-{tvm_version()}"
+    built = pathlib.Path(base) / "mlcpatch" / name
+    if session.is_dir() and built.is_dir() and not (session / name).exists():
+        (session / name).symlink_to(built, target_is_directory=True)
+
+
+def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path]:
+    """Artifact folders root/<name> with CPU and WebGPU libraries, built once per session.
+
+    $MLCPATCH_PLAYGROUND_ARTIFACTS names a folder holding them already (built from the same
+    sources as below), to skip the builds while working on the page.
+    """
+    prebuilt = os.environ.get("MLCPATCH_PLAYGROUND_ARTIFACTS")
+    if prebuilt:
+        for name in names:
+            if not (root / name).exists():
+                root.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(pathlib.Path(prebuilt) / name, root / name)
+            _built[name] = root / name
+    with _lock:
+        missing = [n for n in names if n not in _built]
+        if missing:
+            root.mkdir(parents=True, exist_ok=True)
+            _share_toolchain()
+            procs = {}
+            for name in missing:
+                arch, seed, overrides = MODELS[name]
+                out = root / name
+                if name == "tiny-qwen2":
+                    source = "tiny-random"
+                else:
+                    from mlcpatch.recipes.tiny import write_tiny_model
+
+                    hf = root / f"hf-{name}"
+                    source = str(write_tiny_model(hf, arch, seed, config_overrides=overrides))
+                cmd = [sys.executable, "-m", "mlcpatch.cli", "build", "--arch", arch]
+                cmd += ["--model", source, "--target", "llvm,webgpu", "--out", str(out), "-q"]
+                log = open(root / f"build-{name}.log", "wb")  # noqa: SIM115 (closed below)
+                procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            for name, (proc, log) in procs.items():
+                code = proc.wait(timeout=1800)
+                log.close()
+                if code != 0:
+                    tail = (root / f"build-{name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"building {name} failed:\n{tail}")
+                _built[name] = root / name
+    # Callers serve `root`: a model built earlier for another module's root is copied in (the
+    # server refuses symlinks that leave its root).
+    for name in names:
+        if _built[name] != root / name and not (root / name).exists():
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(_built[name], root / name)
+    return {n: root / n for n in names}
+
+
+def broken_copy(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """An artifact folder whose WebGPU library is missing (listed, but fails to load)."""
+    if not out.exists():
+        shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.wasm", "*.so"))
+    return out
+
+
+def open_agents(pattern_name: str, folders: list[pathlib.Path]) -> tuple[Any, list[Any]]:
+    from mlcpatch.loop.backends import open_backend
+    from mlcpatch.loop.orchestrator import Agent
+    from mlcpatch.loop.patterns import load_pattern
+
+    pattern = load_pattern(pattern_name)
+    opened: dict[pathlib.Path, Any] = {}
+    for folder in folders:
+        opened.setdefault(folder, open_backend(str(folder)))
+    return pattern, [Agent(r, opened[f]) for r, f in zip(pattern.agents, folders, strict=True)]
+
+
+def write_links(pattern_name: str, folders: list[pathlib.Path], out: pathlib.Path) -> pathlib.Path:
+    """The closed-form link file (links.json + links.safetensors in `out`)."""
+    from mlcpatch.loop.export_links import save_fitted_links
+
+    if not (out / "links.json").is_file():
+        pattern, agents = open_agents(pattern_name, folders)
+        save_fitted_links(pattern, agents, out)
+    return out
+
+
+def python_run(
+    mode: str,
+    pattern_name: str,
+    folders: list[pathlib.Path],
+    question: str,
+    settings: dict[str, Any],
+    links: pathlib.Path | None,
+) -> dict[str, Any]:
+    """mlcpatch.loop.orchestrator.run on the CPU runtime; RunResult.to_json()."""
+    from mlcpatch.loop.linkfile import load_links
+    from mlcpatch.loop.orchestrator import Settings, run
+
+    pattern, agents = open_agents(pattern_name, folders)
+    loaded = load_links(links, pattern, agents) if mode == "latent" else None
+    options = Settings(
+        settings["rounds"],
+        settings["latentSteps"],
+        settings["maxNewTokens"],
+        settings["textTokens"],
+    )
+    return run(mode, pattern, agents, question, options, loaded).to_json()

@@ -1,0 +1,279 @@
+"""The latent-loop playground (web/playground.html) in headless Chromium on WebGPU (SwiftShader).
+
+Every flow through the page (run latent, run text, compare, stop, heterogeneous agents, and
+the failures: no WebGPU, a missing artifact, no or mismatched link file) against tiny models
+built for WebGPU once per session, served by `mlcpatch serve`'s server. No mocks: the page
+runs the real engine in a Web Worker, and its results are held to the Python loop's
+(mlcpatch.loop.orchestrator.run on the CPU runtime) with the same artifacts and link file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playground_support import broken_copy, build_models, python_run, write_links
+
+# Latent steps are few on purpose: with closed-form links on random tiny models the latent loop
+# is chaotic. Measured in Python: a 1e-7 relative nudge to each latent thought grows about 10x
+# every 3 thoughts (to 7e-2 after 20), so WebGPU's ~1e-6 differences from the CPU flip greedy
+# tokens once a chain passes ~10 thoughts (R=2, m=4 on sequential: 3 of 5 questions differ;
+# R=2, m=2: none of 5). Text mode has no such chain and matches at any length.
+SETTINGS = {"rounds": 2, "latentSteps": 2, "maxNewTokens": 16, "textTokens": 12}
+QUESTION = "What is 6*7? Explain briefly."
+TOOL_QUESTION = "What is 12 x 7 + 3? How fast does light travel?"
+STEP_KEYS = (
+    "round",
+    "agent",
+    "input_positions",
+    "latent_steps",
+    "tokens_generated",
+    "positions_processed",
+    "bytes_handed",
+    "text",
+    "tool_results",
+)
+FINISHED = "['done', 'error', 'stopped', 'no-webgpu'].includes(document.body.dataset.state)"
+TIMEOUT_MS = 420_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from mlcpatch.browser import BrowserUnavailable, find_chromium
+    from mlcpatch.serve import running_server
+
+    # `make test` installs Chromium and emscripten; without them the setup is broken, and the
+    # failure says what to install rather than skipping the playground silently.
+    try:
+        find_chromium()
+    except BrowserUnavailable as err:
+        pytest.fail(str(err))
+    if shutil.which("emcc") is None and not os.environ.get("MLCPATCH_PLAYGROUND_ARTIFACTS"):
+        pytest.fail("WebGPU builds need emscripten: apt-get install -y emscripten")
+    root = tmp_path_factory.mktemp("playground")
+    folders = build_models(root / "artifacts", ["tiny-qwen2", "tiny-llama48"])
+    broken_copy(folders["tiny-qwen2"], root / "artifacts" / "tiny-broken")
+    qwen, llama = folders["tiny-qwen2"], folders["tiny-llama48"]
+    links = {
+        "sequential": write_links("sequential", [qwen] * 3, root / "links-sequential"),
+        "deliberation": write_links("deliberation", [qwen] * 2, root / "links-deliberation"),
+        "hetero": write_links("distillation", [qwen, llama], root / "links-hetero"),
+        # Fitted for a hidden size of 48: wrong for the 64-wide qwen2 agents.
+        "wrong": write_links("sequential", [llama] * 3, root / "links-wrong"),
+    }
+    with running_server(artifacts=root / "artifacts") as server:
+        yield {"url": server.url, "folders": folders, "links": links}
+
+
+@pytest.fixture(scope="module")
+def page(served: dict[str, Any]) -> Iterator[Any]:
+    """One page for the module: the models load once (shader compilation dominates)."""
+    from mlcpatch.browser import chromium
+
+    with chromium(timeout_ms=TIMEOUT_MS) as browser:
+        page = browser.new_page(served["url"] + "playground.html?model=tiny-qwen2")
+        page.wait_for_function("document.body.dataset.state === 'idle'", timeout=120_000)
+        yield page
+
+
+def configure(page: Any, pattern: str, models: list[str] | None = None, **settings: Any) -> None:
+    page.select_option("#pattern", pattern)
+    values = {**SETTINGS, **settings}
+    for field, selector in (
+        ("rounds", "#rounds"),
+        ("latentSteps", "#latent-steps"),
+        ("maxNewTokens", "#max-new-tokens"),
+        ("textTokens", "#text-tokens"),
+    ):
+        page.fill(selector, str(values[field]))
+    selects = page.locator("select.agent-model")
+    for i in range(selects.count()):
+        selects.nth(i).select_option(models[i] if models else "tiny-qwen2")
+
+
+def pick_links(page: Any, folder: pathlib.Path | None) -> None:
+    files = [folder / "links.json", folder / "links.safetensors"] if folder else []
+    page.set_input_files("#links-file", [str(f) for f in files])
+    page.wait_for_function("document.getElementById('links-status').dataset.ok !== undefined")
+    page.wait_for_function(
+        "!document.getElementById('links-status').textContent.startsWith('Reading')"
+    )
+
+
+def click_and_wait(page: Any, button: str, question: str = QUESTION) -> float:
+    page.fill("#question", question)
+    page.evaluate("document.body.dataset.state = 'clicked'")
+    start = time.perf_counter()
+    page.click(button)
+    page.wait_for_function(FINISHED, timeout=TIMEOUT_MS)
+    return time.perf_counter() - start
+
+
+def state(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        "({state: document.body.dataset.state, results: window.playground.results, "
+        "error: window.playground.error, figures: window.playground.figures, "
+        "where: window.playground.where})"
+    )
+
+
+def assert_same_run(js: dict[str, Any], py: dict[str, Any]) -> None:
+    assert js["answer"] == py["answer"]
+    assert len(js["steps"]) == len(py["steps"])
+    for mine, theirs in zip(js["steps"], py["steps"], strict=True):
+        assert {k: mine[k] for k in STEP_KEYS} == {k: theirs[k] for k in STEP_KEYS}
+    for key in ("tokens_generated", "positions_processed", "latent_steps", "bytes_handed"):
+        assert js[key] == py[key], key
+
+
+def test_run_latent_equals_python(page: Any, served: dict[str, Any]) -> None:
+    configure(page, "sequential")
+    pick_links(page, served["links"]["sequential"])
+    seconds = click_and_wait(page, "#run-latent")
+    got = state(page)
+    assert got["state"] == "done", got["error"]
+    assert got["where"] == "worker"
+    qwen = served["folders"]["tiny-qwen2"]
+    links = served["links"]["sequential"]
+    py = python_run("latent", "sequential", [qwen] * 3, QUESTION, SETTINGS, links)
+    assert_same_run(got["results"]["latent"], py)
+    assert got["results"]["latent"]["latent_steps"] == 5 * SETTINGS["latentSteps"]
+    # What the page shows: the answer, one metrics row per agent turn, the chart, the ticks.
+    assert page.inner_text("#result-latent .answer") == (py["answer"] or "(empty answer)")
+    assert page.locator("#result-latent .metrics-table tbody tr").count() == 6
+    assert page.locator("#result-latent .transcript .turn").count() == 6
+    assert page.locator("#chart rect[data-mode='latent']").count() == 2 * 2
+    assert page.locator("#live-agents li").count() == 3
+    print(f"browser latent run (incl. first model load): {seconds:.1f} s")
+
+
+def test_run_text_with_tools_equals_python(page: Any, served: dict[str, Any]) -> None:
+    configure(page, "deliberation")
+    click_and_wait(page, "#run-text", TOOL_QUESTION)
+    got = state(page)
+    assert got["state"] == "done", got["error"]
+    qwen = served["folders"]["tiny-qwen2"]
+    py = python_run("text", "deliberation", [qwen] * 2, TOOL_QUESTION, SETTINGS, None)
+    assert_same_run(got["results"]["text"], py)
+    tools = got["results"]["text"]["steps"][1]["tool_results"]
+    assert tools[0] == "calculator: 12 x 7 + 3 = 87"
+    assert tools[1].startswith("search: ")
+    assert page.locator("#result-text .transcript .tool").count() == 2 * 2
+    assert page.locator("#result-latent").is_hidden()
+
+
+def test_compare_side_by_side(page: Any, served: dict[str, Any]) -> None:
+    configure(page, "sequential")
+    pick_links(page, served["links"]["sequential"])
+    click_and_wait(page, "#run-compare")
+    got = state(page)
+    assert got["state"] == "done", got["error"]
+    latent, text = got["results"]["latent"], got["results"]["text"]
+    assert page.locator("#result-latent").is_visible() and page.locator("#result-text").is_visible()
+    assert "Latent vs text" in page.inner_text("#compare-summary")
+    figures = got["figures"]
+    assert figures["latent_tokens"] == latent["tokens_generated"] < text["tokens_generated"]
+    assert figures["speedup"] == pytest.approx(text["seconds"] / latent["seconds"])
+    assert page.locator("#chart svg").count() == 2
+    assert page.locator("#chart rect[data-mode='text']").count() == 2 * 2
+    qwen = served["folders"]["tiny-qwen2"]
+    py = python_run("text", "sequential", [qwen] * 3, QUESTION, SETTINGS, None)
+    assert_same_run(text, py)
+    print(
+        f"SwiftShader, tiny-qwen2, sequential R={SETTINGS['rounds']} m={SETTINGS['latentSteps']}: "
+        f"latent {latent['seconds']:.2f} s "
+        f"({latent['tokens_generated']} tokens), text {text['seconds']:.2f} s "
+        f"({text['tokens_generated']} tokens), speedup {figures['speedup']:.2f}x"
+    )
+
+
+def test_stop_ends_a_run_cleanly(page: Any, served: dict[str, Any]) -> None:
+    configure(page, "sequential", rounds=8, latentSteps=64)
+    pick_links(page, served["links"]["sequential"])
+    page.fill("#question", QUESTION)
+    page.click("#run-latent")
+    page.wait_for_function(
+        "window.playground.events.filter((e) => e.event === 'latent').length >= 3",
+        polling=50,
+        timeout=TIMEOUT_MS,
+    )
+    page.click("#stop")
+    page.wait_for_function(FINISHED, timeout=60_000)
+    got = state(page)
+    assert got["state"] == "stopped"
+    assert "Stopped" in page.inner_text("#live-status")
+    assert page.locator("#error").is_hidden()
+    assert page.is_enabled("#run-latent") and page.is_disabled("#stop")
+    # The worker is usable again, models still loaded.
+    configure(page, "sequential")
+    click_and_wait(page, "#run-latent")
+    assert state(page)["state"] == "done"
+
+
+def test_latent_without_link_file_says_so(page: Any) -> None:
+    configure(page, "sequential")
+    pick_links(page, None)
+    click_and_wait(page, "#run-latent")
+    got = state(page)
+    assert got["state"] == "error"
+    assert "latent mode needs a link file" in got["error"]["message"]
+    assert "--save-links" in page.inner_text("#error")
+
+
+def test_link_file_with_wrong_dimensions(page: Any, served: dict[str, Any]) -> None:
+    configure(page, "sequential")
+    pick_links(page, served["links"]["wrong"])
+    click_and_wait(page, "#run-latent")
+    got = state(page)
+    assert got["state"] == "error"
+    message = page.inner_text("#error")
+    assert got["error"]["name"] == "LinkError"
+    assert "in_dim=48" in message and "hidden size 64" in message, message
+
+
+def test_missing_artifact(page: Any) -> None:
+    configure(page, "sequential", models=["tiny-broken"] * 3)
+    click_and_wait(page, "#run-text")
+    got = state(page)
+    assert got["state"] == "error"
+    message = page.inner_text("#error")
+    assert "Could not load model tiny-broken" in message
+    assert "HTTP 404" in message and "webgpu.wasm" in message, message
+
+
+def test_unknown_artifact_in_url(page: Any, served: dict[str, Any]) -> None:
+    other = page.context.new_page()
+    try:
+        other.goto(served["url"] + "playground.html?model=no-such-model")
+        other.wait_for_function(
+            "['idle', 'error'].includes(document.body.dataset.state)", timeout=120_000
+        )
+        message = other.inner_text("#error")
+    finally:
+        other.close()
+    assert "No served artifact named no-such-model" in message
+    assert "tiny-qwen2" in message
+
+
+def test_heterogeneous_agents(page: Any, served: dict[str, Any]) -> None:
+    models = ["tiny-qwen2", "tiny-llama48"]
+    configure(page, "distillation", models=models)
+    pick_links(page, served["links"]["hetero"])
+    assert "64→48" in page.inner_text("#links-status")
+    click_and_wait(page, "#run-compare")
+    got = state(page)
+    assert got["state"] == "done", got["error"]
+    folders = [served["folders"][m] for m in models]
+    links = served["links"]["hetero"]
+    for mode in ("latent", "text"):
+        py = python_run(mode, "distillation", folders, QUESTION, SETTINGS, links)
+        assert_same_run(got["results"][mode], py)
+    # The learner (hidden 48) receives the expert's (hidden 64) thoughts: 4 vectors x 48 x 4 B.
+    steps = got["results"]["latent"]["steps"]
+    assert steps[0]["bytes_handed"] == SETTINGS["latentSteps"] * 48 * 4
+    assert steps[1]["bytes_handed"] == SETTINGS["latentSteps"] * 64 * 4

@@ -1,0 +1,29 @@
+"""The playground in a Chromium without WebGPU: it says so instead of failing silently.
+
+Apart from test_playground.py because that module keeps one WebGPU browser open, and
+Playwright's sync API cannot run a second browser beside it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_no_webgpu(tmp_path) -> None:
+    from mlcpatch.browser import BrowserUnavailable, chromium, find_chromium
+    from mlcpatch.serve import running_server
+
+    try:
+        find_chromium()
+    except BrowserUnavailable as err:
+        pytest.fail(str(err))
+    with running_server(artifacts=tmp_path) as server, chromium(webgpu=False) as browser:
+        page = browser.new_page(server.url + "playground.html")
+        page.wait_for_function(
+            "['no-webgpu', 'idle', 'error'].includes(document.body.dataset.state)",
+            timeout=60_000,
+        )
+        assert page.evaluate("document.body.dataset.state") == "no-webgpu"
+        assert page.locator("#no-webgpu").is_visible()
+        assert "WebGPU" in page.inner_text("#no-webgpu-reason")
+        assert page.locator("#app").is_hidden()
