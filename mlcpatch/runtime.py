@@ -143,6 +143,19 @@ class Runtime:
         # Both are runtime arguments of the KV cache, so they may differ from the build's.
         self.prefill_chunk: int = int(prefill_chunk_size or self.config["prefill_chunk_size"])
         self.context_window: int = int(context_window_size or self.config["context_window_size"])
+        # Models with sliding-window attention are exact only within limits their build records
+        # (models/config_base.py): a context within the window, or prefill chunks shorter than it.
+        settings = {
+            "context_window_size": self.context_window,
+            "prefill_chunk_size": self.prefill_chunk,
+        }
+        for key, limit in model_config.get("runtime_limits", {}).items():
+            value = settings.get(key)
+            if value is not None and value > int(limit):
+                raise ArtifactError(
+                    f"{self.folder}: {key} {value} is above this model's limit of {limit} "
+                    "(sliding-window attention is exact only within it)"
+                )
         self._shape = ShapeTuple
         self._f = _Functions(self._vm, self.folder)
         self._kv_add = tvm.get_global_func("vm.builtin.kv_state_add_sequence")

@@ -33,7 +33,10 @@ def _one_line(exc: BaseException) -> str:
 )
 @click.option("--quant", "quantization", default=None, help="q0f32 or q0f16 (default: recipe's).")
 @click.option(
-    "--target", "targets", default=None, help="Comma-separated compile targets (now: llvm)."
+    "--target",
+    "targets",
+    default=None,
+    help="Comma-separated compile targets: llvm, webgpu (default: the recipe's).",
 )
 @click.option(
     "--out",
@@ -48,7 +51,11 @@ def _one_line(exc: BaseException) -> str:
 )
 @click.option("--context-window", "context_window_size", type=int, default=None)
 @click.option("--prefill-chunk", "prefill_chunk_size", type=int, default=None)
-@click.option("--conv-template", default=None, help="Conversation template name to record.")
+@click.option(
+    "--conv-template",
+    default=None,
+    help="Conversation template name (recorded; --backend mlc passes it to gen_config).",
+)
 @click.option(
     "--overwrite",
     "--force",
@@ -58,6 +65,20 @@ def _one_line(exc: BaseException) -> str:
 )
 @click.option("--no-cache", is_flag=True, help="Redo every step instead of reusing cached ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option(
+    "--backend",
+    type=click.Choice(["builtin", "mlc"]),
+    default="builtin",
+    show_default=True,
+    help="builtin: our model definitions compiled with apache-tvm. mlc: an installed MLC-LLM "
+    "(its model file patched, then `mlc_llm convert_weight/gen_config/compile`); targets "
+    "llvm and webgpu; --arch is then an MLC-LLM model name.",
+)
+@click.option(
+    "--keep-patch",
+    is_flag=True,
+    help="With --backend mlc: leave MLC-LLM's model file patched afterwards (default: revert it).",
+)
 def build_command(
     arch: str,
     model: str | None,
@@ -71,6 +92,8 @@ def build_command(
     overwrite: bool,
     no_cache: bool,
     quiet: bool,
+    backend: str,
+    keep_patch: bool,
 ) -> None:
     """Build an artifact folder: patched model library + weight shards + tokenizer + manifest.
 
@@ -80,13 +103,23 @@ def build_command(
     Finished steps are cached by the sha256 of their inputs ($MLCPATCH_CACHE_DIR,
     default ~/.cache/mlcpatch). Example, with no download:
       mlcpatch build --arch qwen2 --model tiny-random --out artifacts/tiny-qwen2
+
+    \b
+    With --backend mlc, MLC-LLM's own definition of ARCH is patched in place (as by
+    `mlcpatch patch ARCH --source mlc`), `mlc_llm convert_weight`, `gen_config` and `compile`
+    (the `mlc_llm` command on PATH, else `python -m mlc_llm`) build the same artifact layout,
+    and the patch is reverted afterwards, also on failure, unless --keep-patch:
+      mlcpatch build --backend mlc --arch qwen2 --model DIR --quant q4f16_1 --target webgpu
     """
     from mlcpatch.models.registry import get_arch
     from mlcpatch.recipes.build import BuildOptions, build
     from mlcpatch.recipes.recipe import load_recipe
 
+    if keep_patch and backend != "mlc":
+        raise click.UsageError("--keep-patch only applies to --backend mlc")
     try:
-        get_arch(arch)
+        if backend == "builtin":
+            get_arch(arch)
         recipe = load_recipe(arch)
         model = model or (recipe.model if recipe else None)
         if model is None:
@@ -107,7 +140,12 @@ def build_command(
             use_cache=not no_cache,
             progress=not quiet,
         )
-        result = build(options)
+        if backend == "mlc":
+            from mlcpatch.recipes.mlc_backend import build_mlc, mlc_options
+
+            result = build_mlc(mlc_options(options, keep_patch=keep_patch))
+        else:
+            result = build(options)
     except _USER_ERRORS as exc:
         raise click.ClickException(_one_line(exc)) from exc
     reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""

@@ -35,6 +35,9 @@ HUB_PATTERNS = [
     "added_tokens.json",
     "chat_template.jinja",
 ]
+# Mistral repos also hold their native-format copy of the weights (consolidated.safetensors, as
+# large as the HF shards); the HF shards named in model.safetensors.index.json are what we read.
+HUB_IGNORE = ["consolidated*"]
 
 
 class SourceError(ValueError):
@@ -124,7 +127,9 @@ def _hub(repo_id: str) -> ResolvedSource:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = pathlib.Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        folder = pathlib.Path(
+            snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE)
+        )
     except Exception as exc:  # network, auth, missing repo: all reported the same way
         raise SourceError(
             f"{repo_id!r} is not a local path and downloading it from the Hugging Face hub "

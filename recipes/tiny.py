@@ -73,11 +73,14 @@ def write_tiny_model(
     seed: int = 0,
     config_overrides: dict[str, Any] | None = None,
     safe_serialization: bool = True,
+    perturb_norms: bool = False,
 ) -> pathlib.Path:
     """Write config.json, the weights and the tokenizer for a tiny random ``arch`` model.
 
     ``config_overrides`` changes the registry's tiny config (tests use it for tied heads, GQA
     ratios, RoPE scaling); ``safe_serialization=False`` writes pytorch_model.bin instead.
+    ``perturb_norms`` adds noise to every norm weight: HF initialises them to a constant (ones,
+    or zeros for Gemma's 1 + weight), which would hide a norm applied with the wrong scale.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -95,6 +98,11 @@ def write_tiny_model(
     # rounding could flip when tests compare token streams.
     config.initializer_range = 0.2
     model = AutoModelForCausalLM.from_config(config).eval()
+    if perturb_norms:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.2)
     if safe_serialization:
         model.save_pretrained(str(folder))
     else:  # transformers 5 only writes safetensors; the legacy layout is written by hand

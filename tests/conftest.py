@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 # name -> (arch, config overrides of the registry's tiny config). Together they cover tied and
-# untied heads, GQA 2:1 and 4:1, three RoPE thetas and llama3 RoPE scaling.
+# untied heads, GQA 2:1 and 4:1, three RoPE thetas, llama3 and linear RoPE scaling, an explicit
+# head_dim, q/k norms, Gemma's per-layer-type RoPE bases and sliding windows (prompts outgrow
+# a 16-token window), final logit soft-capping.
 TINY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2-untied": ("qwen2", {}),
     "qwen2-tied": (
@@ -31,7 +33,22 @@ TINY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             },
         },
     ),
+    "qwen3-tied": ("qwen3", {}),
+    "gemma3-softcap-linear": (
+        "gemma3",
+        {
+            "sliding_window": 16,
+            "final_logit_softcapping": 30.0,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        },
+    ),
+    "mistral-untied": ("mistral", {}),
 }
+# Variants whose norm weights get noise (HF's constant init would hide a mis-scaled norm).
+PERTURBED_NORMS = {"qwen3-tied", "gemma3-softcap-linear", "mistral-untied"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +75,13 @@ def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], pathlib
         if variant not in made:
             arch, overrides = TINY_VARIANTS[variant]
             folder = tmp_path_factory.mktemp(f"hf-{variant}")
-            made[variant] = write_tiny_model(folder, arch, seed=1, config_overrides=overrides)
+            made[variant] = write_tiny_model(
+                folder,
+                arch,
+                seed=1,
+                config_overrides=overrides,
+                perturb_norms=variant in PERTURBED_NORMS,
+            )
         return made[variant]
 
     return make

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY_VARIANTS
 
-from mlcpatch.runtime import Runtime
+from mlcpatch.runtime import ArtifactError, Runtime
 
 VARIANTS = sorted(TINY_VARIANTS)
 F32_TOL = 1e-4
@@ -111,15 +111,25 @@ def test_get_last_hidden_fills_the_kv_cache_like_prefill(
     assert np.abs(logits - ref_logits[-1]).max() < F32_TOL
 
 
+# gemma3 rotates q/k itself at the cache's query positions, which chunking must keep right.
+@pytest.mark.parametrize("variant", ["llama-tied-llama3", "gemma3-softcap-linear"])
 def test_chunked_prefill_matches_single_pass(
-    built: Callable[..., pathlib.Path], tiny_hf: Callable, hf_model: Callable
+    variant: str, built: Callable[..., pathlib.Path], tiny_hf: Callable, hf_model: Callable
 ) -> None:
-    rt = Runtime(built("llama-tied-llama3"), prefill_chunk_size=4)
+    rt = Runtime(built(variant), prefill_chunk_size=4)
     ids = rt.encode_chat(PROMPT)
     assert len(ids) > 3 * 4  # several chunks
     hidden = rt.get_last_hidden(rt.embed(ids))
     rt.reset()
     logits = rt.prefill(rt.embed(ids))
-    ref_hidden, ref_logits = reference(hf_model(tiny_hf("llama-tied-llama3")), ids)
+    ref_hidden, ref_logits = reference(hf_model(tiny_hf(variant)), ids)
     assert np.abs(hidden - ref_hidden).max() < F32_TOL
     assert np.abs(logits - ref_logits[-1]).max() < F32_TOL
+
+
+def test_runtime_keeps_the_sliding_window_limits(built: Callable[..., pathlib.Path]) -> None:
+    """gemma3's window kernels need prefill chunks shorter than the window (16): a runtime
+    override may not undo what the build chose."""
+    with pytest.raises(ArtifactError, match="prefill_chunk_size 16 is above .* limit of 15"):
+        Runtime(built("gemma3-softcap-linear"), prefill_chunk_size=16)
+    Runtime(built("gemma3-softcap-linear"), context_window_size=64)  # any context is fine

@@ -39,7 +39,9 @@ def test_registry_imports_neither_tvm_nor_torch() -> None:
 
 
 def test_unknown_arch_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownArchError, match="unknown architecture 'gpt9' .*llama, qwen2"):
+    with pytest.raises(
+        UnknownArchError, match="unknown architecture 'gpt9' .*gemma3, llama, mistral, qwen2, qwen3"
+    ):
         get_arch("gpt9")
 
 
@@ -125,3 +127,114 @@ def test_config_errors_are_clear() -> None:
         config_cls.from_dict(broken)
     with pytest.raises(ValueError, match="not a multiple of num_key_value_heads"):
         config_cls.from_dict({**tiny_config("llama"), "num_key_value_heads": 3})
+
+
+def test_qwen3_config_keeps_an_explicit_head_dim() -> None:
+    config_cls, _ = get_arch("qwen3").load_classes()
+    config = config_cls.from_dict(tiny_config("qwen3"))
+    assert config.head_dim == 32 != config.hidden_size // config.num_attention_heads
+    assert config.rope_theta == 1000000.0 and config.tie_word_embeddings
+    with pytest.raises(ValueError, match="attention_bias=True is not supported"):
+        config_cls.from_dict({**tiny_config("qwen3"), "attention_bias": True})
+
+
+def test_gemma3_config_reads_both_rope_layouts() -> None:
+    """transformers 5 nests RoPE per layer type; older configs use rope_local_base_freq."""
+    config_cls, _ = get_arch("gemma3").load_classes()
+    base = {k: v for k, v in tiny_config("gemma3").items() if k != "rope_parameters"}
+    new = config_cls.from_dict(
+        {
+            **base,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 5e5},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        }
+    )
+    old = config_cls.from_dict(
+        {
+            **base,
+            "rope_theta": 5e5,
+            "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        }
+    )
+    for config in (new, old):
+        assert config.layer_rope(0) == (1e4, 1.0)  # sliding layer: local base, never scaled
+        assert config.layer_rope(2) == (5e5, 8.0)  # global layer: rope_theta, linear factor
+    defaults = config_cls.from_dict({**base, "num_hidden_layers": 6, "layer_types": None})
+    # Without layer_types every 6th layer is global (sliding_window_pattern), as in HF.
+    assert defaults.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    assert defaults.layer_rope(5) == (1000000.0, 1.0) and defaults.layer_rope(0) == (1e4, 1.0)
+    with pytest.raises(ValueError, match="unsupported RoPE scaling type 'yarn' for gemma3"):
+        config_cls.from_dict({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+def test_gemma3_refuses_what_it_cannot_compute() -> None:
+    config_cls, _ = get_arch("gemma3").load_classes()
+    tiny = tiny_config("gemma3")
+    with pytest.raises(ValueError, match="multimodal Gemma 3 checkpoints .* not supported"):
+        config_cls.from_dict({"model_type": "gemma3", "text_config": tiny, "vision_config": {}})
+    with pytest.raises(ValueError, match="attn_logit_softcapping is not supported"):
+        config_cls.from_dict({**tiny, "attn_logit_softcapping": 50.0})
+    with pytest.raises(ValueError, match="bidirectional"):
+        config_cls.from_dict({**tiny, "use_bidirectional_attention": True})
+
+
+def test_mistral_window_bounds_the_context() -> None:
+    """A context derived from max_position_embeddings is clamped to the window; an explicit
+    longer one is refused (this build attends to every cached position)."""
+    config_cls, _ = get_arch("mistral").load_classes()
+    tiny = {**tiny_config("mistral"), "sliding_window": 128}
+    clamped = config_cls.from_dict(tiny)
+    assert clamped.context_window_size == 128 and clamped.prefill_chunk_size <= 128
+    assert clamped.runtime_limits == {"context_window_size": 128}
+    assert config_cls.from_dict({**tiny, "context_window_size": 100}).context_window_size == 100
+    with pytest.raises(ValueError, match="window 128 tokens.*context_window_size 256 is longer"):
+        config_cls.from_dict({**tiny, "context_window_size": 256})
+    no_window = config_cls.from_dict({**tiny, "sliding_window": None})
+    assert no_window.context_window_size == 512 and no_window.runtime_limits == {}
+
+
+def test_gemma3_context_beyond_the_window_uses_window_kernels() -> None:
+    """Window kernels are exact for prefill chunks shorter than the window, at any length."""
+    config_cls, _ = get_arch("gemma3").load_classes()
+    tiny = {**tiny_config("gemma3"), "sliding_window": 16}
+    config = config_cls.from_dict(tiny)
+    assert config.context_window_size == 512 and config.prefill_chunk_size == 15
+    assert config.window_kernels and config.runtime_limits == {"prefill_chunk_size": 15}
+    assert config.attn_kinds() == ["mha_sliding", "mha_sliding", "mha"]
+    assert config_cls.from_dict({**tiny, "prefill_chunk_size": 8}).prefill_chunk_size == 8
+    with pytest.raises(ValueError, match="prefill_chunk_size 16 is not shorter than .* window"):
+        config_cls.from_dict({**tiny, "prefill_chunk_size": 16})
+
+
+def test_gemma3_context_within_the_window_uses_plain_attention() -> None:
+    config_cls, _ = get_arch("gemma3").load_classes()
+    tiny = tiny_config("gemma3")  # window 512 = context 512
+    config = config_cls.from_dict(tiny)
+    assert config.attn_kinds() == ["mha"] * 3 and not config.window_kernels
+    assert config.prefill_chunk_size == 512
+    assert config.runtime_limits == {"context_window_size": 512}
+    short = config_cls.from_dict({**tiny, "sliding_window": 16, "context_window_size": 16})
+    assert short.attn_kinds() == ["mha"] * 3 and short.runtime_limits == {"context_window_size": 16}
+    # No sliding layers, or no window: plain attention, no limits.
+    for change in ({"layer_types": ["full_attention"] * 3}, {"sliding_window": None}):
+        plain = config_cls.from_dict({**tiny, "sliding_window": 16, **change})
+        assert plain.attn_kinds() == ["mha"] * 3 and plain.sliding_window is None
+        assert plain.prefill_chunk_size == 512 and plain.runtime_limits == {}
+
+
+def test_qwen3_window_counts_only_with_use_sliding_window() -> None:
+    config_cls, _ = get_arch("qwen3").load_classes()
+    tiny = {**tiny_config("qwen3"), "sliding_window": 128}
+    assert config_cls.from_dict(tiny).context_window_size == 512
+    windowed = config_cls.from_dict({**tiny, "use_sliding_window": True})
+    assert windowed.context_window_size == 128
+    assert windowed.runtime_limits == {"context_window_size": 128}
+
+
+def test_mistral_config_accepts_a_null_head_dim() -> None:
+    config_cls, _ = get_arch("mistral").load_classes()
+    config = config_cls.from_dict({**tiny_config("mistral"), "head_dim": None})
+    assert config.head_dim == 16 and config.num_key_value_heads == 1

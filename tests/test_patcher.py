@@ -381,7 +381,7 @@ def test_read_only_file_can_still_be_checked(models: Path) -> None:
 def test_unknown_arch_lists_the_known_ones() -> None:
     code, _, err = run("patch", "no_such_arch", "--source", "builtin")
     assert code == CANNOT_PATCH
-    assert "unknown arch 'no_such_arch'; known archs: llama, qwen2" in err
+    assert "unknown arch 'no_such_arch'; known archs: gemma3, llama, mistral, qwen2, qwen3" in err
 
 
 def test_arch_names_resolve_into_an_mlc_package_without_importing_it(models: Path) -> None:

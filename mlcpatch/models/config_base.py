@@ -35,3 +35,50 @@ class ConfigBase:
         out = dataclasses.asdict(self)
         out.pop("kwargs", None)
         return out
+
+
+def context_within_window(
+    context_window_size: int, explicit: bool, sliding_window: int | None, arch: str
+) -> int:
+    """The context window for a model whose attention window our build does not run.
+
+    Models that apply RoPE inside the KV cache (Mistral, Qwen3) do not use TVM's window kernels:
+    with any windowed layer the cache switches to inline RoPE, with a fixed base of 10000 on the
+    windowed layers (paged_kv_cache.cc). So these builds attend to every cached position and keep
+    the context within the window, where HF's window (keys with ``q - k < window``) excludes
+    nothing and plain causal attention is exact. A derived context (from
+    ``max_position_embeddings``) is clamped to the window; an explicit longer one is refused.
+    """
+    if sliding_window is None or sliding_window <= 0 or context_window_size <= sliding_window:
+        return context_window_size
+    if not explicit:
+        return int(sliding_window)
+    raise ValueError(
+        f"this {arch} model uses sliding-window attention (window {sliding_window} tokens) and "
+        f"context_window_size {context_window_size} is longer: its build attends to every "
+        f"cached position, so contexts beyond the window are not supported; use "
+        f"--context-window-size {sliding_window} or less"
+    )
+
+
+def chunk_within_window(
+    prefill_chunk_size: int, explicit: bool, sliding_window: int, arch: str
+) -> int:
+    """The prefill chunk size for a model run with TVM's per-layer window kernels (Gemma 3).
+
+    Those kernels match transformers at any context length only when every prefill chunk is
+    shorter than the window (measured: a chunk of the window's length or more gives NaN or wrong
+    values after the window). A derived chunk size is lowered to window - 1; an explicit larger
+    one is refused.
+    """
+    if sliding_window < 2:
+        raise ValueError(f"this {arch} model's sliding window ({sliding_window}) is too short")
+    if prefill_chunk_size < sliding_window:
+        return prefill_chunk_size
+    if not explicit:
+        return sliding_window - 1
+    raise ValueError(
+        f"prefill_chunk_size {prefill_chunk_size} is not shorter than this {arch} model's "
+        f"sliding window ({sliding_window} tokens): the KV cache's window kernels are exact only "
+        f"for shorter prefill chunks; use --prefill-chunk-size {sliding_window - 1} or less"
+    )

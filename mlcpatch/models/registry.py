@@ -100,6 +100,77 @@ def llama_tiny_config() -> dict[str, Any]:
     }
 
 
+def qwen3_tiny_config() -> dict[str, Any]:
+    """A Qwen3 config small enough to build in seconds (GQA 4:2, head_dim 32 on a 64-wide model,
+    tied head: like Qwen3-0.6B, head_dim is not hidden_size // heads)."""
+    return {
+        "model_type": "qwen3",
+        "architectures": ["Qwen3ForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "num_hidden_layers": 2,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": 512,
+        "max_position_embeddings": 512,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+    }
+
+
+def gemma3_tiny_config() -> dict[str, Any]:
+    """A Gemma 3 text config small enough to build in seconds: two sliding-window layers and one
+    global one with different RoPE bases, GQA 4:2, head_dim 32, query_pre_attn_scalar that is not
+    head_dim, tied head. The window covers the context: plain attention, buildable for WebGPU
+    (tests also build it with a 16-token window, which only CPU builds support)."""
+    return {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "num_hidden_layers": 3,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+        "sliding_window": 512,
+        "query_pre_attn_scalar": 48,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": 512,
+        "max_position_embeddings": 512,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        "tie_word_embeddings": True,
+    }
+
+
+def mistral_tiny_config() -> dict[str, Any]:
+    """A Mistral config small enough to build in seconds (GQA 4:1, untied head, a sliding window
+    that covers the whole context, as in Mistral-7B-v0.1 at 4k)."""
+    return {
+        "model_type": "mistral",
+        "architectures": ["MistralForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "num_hidden_layers": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 512,
+        "max_position_embeddings": 512,
+        "rope_theta": 1000000.0,
+        "sliding_window": 4096,
+        "tie_word_embeddings": False,
+    }
+
+
 BUILTIN_ARCHS: dict[str, ArchInfo] = {
     "qwen2": ArchInfo(
         name="qwen2",
@@ -126,6 +197,44 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         ignored_weight_suffixes=_UNUSED,
         tiny_config=llama_tiny_config,
         default_conv_template="llama",
+    ),
+    "qwen3": ArchInfo(
+        name="qwen3",
+        model_file="qwen3/qwen3_model.py",
+        model_class="Qwen3LMHeadModel",
+        config_class="Qwen3Config",
+        hf_model_types=("qwen3",),
+        fused_weights=(_fused_qkv("qkv_proj", "weight"), _GATE_UP),
+        ignored_weight_suffixes=_UNUSED,
+        tiny_config=qwen3_tiny_config,
+        default_conv_template="qwen3",
+    ),
+    "gemma3": ArchInfo(
+        name="gemma3",
+        model_file="gemma3/gemma3_model.py",
+        model_class="Gemma3ForCausalLM",
+        config_class="Gemma3Config",
+        # "gemma3" (multimodal) is recognised only to be refused with a clear message.
+        hf_model_types=("gemma3_text", "gemma3"),
+        fused_weights=(_fused_qkv("qkv_proj", "weight"), _GATE_UP),
+        ignored_weight_suffixes=_UNUSED,
+        tiny_config=gemma3_tiny_config,
+        default_conv_template="gemma3_instruction",
+    ),
+    "mistral": ArchInfo(
+        name="mistral",
+        model_file="mistral/mistral_model.py",
+        model_class="MistralForCausalLM",
+        config_class="MistralConfig",
+        hf_model_types=("mistral",),
+        fused_weights=(
+            _fused_qkv("qkv_proj", "weight"),
+            _fused_qkv("qkv_proj", "bias"),  # only when attention_bias is set
+            _GATE_UP,
+        ),
+        ignored_weight_suffixes=_UNUSED,
+        tiny_config=mistral_tiny_config,
+        default_conv_template="mistral_default",
     ),
 }
 
