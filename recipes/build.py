@@ -24,11 +24,12 @@ from mlcpatch.recipes.artifact import (
     write_manifest,
 )
 from mlcpatch.recipes.compile import COMPILE_STEPS, compile_library, export_model
-from mlcpatch.recipes.convert import ParamPlan, plan_params, write_params
-from mlcpatch.recipes.hashing import sha256_json
+from mlcpatch.recipes.convert import ParamPlan, exported_names, plan_params, write_params
+from mlcpatch.recipes.hashing import sha256_file, sha256_json
 from mlcpatch.recipes.hf_weights import HFWeights
 from mlcpatch.recipes.model_module import import_model_file, instantiate
 from mlcpatch.recipes.patch_step import patch_builtin
+from mlcpatch.recipes.q4_format import QuantizedWeight, QuantizeError
 from mlcpatch.recipes.quantization import Quantization, get_quantization
 from mlcpatch.recipes.source import ResolvedSource, resolve_source
 from mlcpatch.recipes.step_cache import StepCache
@@ -36,8 +37,8 @@ from mlcpatch.recipes.targets import TargetSpec, parse_targets
 from mlcpatch.recipes.webgpu import build_identity
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
-CONVERT_VERSION = 1
-COMPILE_VERSION = 2
+CONVERT_VERSION = 2
+COMPILE_VERSION = 3
 
 
 class BuildError(RuntimeError):
@@ -114,6 +115,7 @@ def _convert(
             "version": CONVERT_VERSION,
             "source_files": source.origin_files,
             "quantization": quant.name,
+            "q4_format": quant_code_sha256()["q4_format.py"] if quant.quantized else None,
             "plans": [dataclasses.asdict(p) for p in plans],
         }
     )
@@ -127,9 +129,30 @@ def _convert(
     cache.store(key, {p.name: p for p in shard_files})
 
 
+def quant_code_sha256() -> dict[str, str]:
+    """sha256 of the files that decide 4-bit shards and kernels: a cache key that cannot go
+    stale the way a hand-bumped version number can."""
+    here = pathlib.Path(__file__).resolve().parent
+    return {name: sha256_file(here / name) for name in ("q4_format.py", "group_quant.py")}
+
+
+def _quantize(model: Any, quant: Quantization) -> dict[str, QuantizedWeight]:
+    """Swap the model's Linear/Embedding layers for 4-bit ones (group quantization); which
+    weights became which parameters. Nothing to do for q0 builds."""
+    if not quant.quantized:
+        return {}
+    from mlcpatch.recipes.group_quant import quantize_model  # imports tvm
+
+    try:
+        return quantize_model(model, quant.scale_dtype)
+    except QuantizeError as exc:
+        raise BuildError(f"{quant.name}: {exc}") from exc
+
+
 def _compile(
     opts: BuildOptions,
     model: Any,
+    quant: Quantization,
     spec: TargetSpec,
     patch_status: dict[str, Any],
     config: dict[str, Any],
@@ -147,6 +170,9 @@ def _compile(
             "target_options": str(spec.make_target()),
             "model_file_sha256": patch_status["patched_sha256"],
             "config": config,
+            # The config's dtype does not tell q0f32 from q4f32_1: the kernels differ.
+            "quantization": quant.name,
+            "group_quant": quant_code_sha256() if quant.quantized else None,
             # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version.
             "webgpu": build_identity() if spec.name == "webgpu" else None,
         }
@@ -189,11 +215,12 @@ def build(opts: BuildOptions) -> BuildResult:
             )
         except (ValueError, TypeError) as exc:
             raise BuildError(f"config.json does not describe a {arch.name} model: {exc}") from exc
+        quantized = _quantize(model, quant)
         model_config = config.asdict()
 
         with _timed(seconds, "plan"):
             _, expected = export_model(model, targets[0].make_target())
-            plans = plan_params(arch, expected, weights, config.tie_word_embeddings)
+            plans = plan_params(arch, expected, weights, config.tie_word_embeddings, quantized)
         with _timed(seconds, "convert"):
             _convert(opts, source, plans, weights, quant, stage, reused)
 
@@ -201,7 +228,9 @@ def build(opts: BuildOptions) -> BuildResult:
         for spec in targets:
             lib_name = f"{name}{spec.lib_suffix}"
             with _timed(seconds, f"compile-{spec.name}"):
-                _compile(opts, model, spec, patch_status, model_config, stage / lib_name, reused)
+                _compile(
+                    opts, model, quant, spec, patch_status, model_config, stage / lib_name, reused
+                )
             libraries[spec.name] = lib_name
 
         tokenizer_files = copy_tokenizer(source.folder, stage)
@@ -242,7 +271,7 @@ def build(opts: BuildOptions) -> BuildResult:
                     "conv_template": conv_template,
                 },
                 "libraries": libraries,
-                "param_names": [p.name for p in plans],
+                "param_names": exported_names(plans),
             },
         )
     return BuildResult(out=out, name=name, seconds=seconds, reused=reused)

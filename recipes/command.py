@@ -31,7 +31,12 @@ def _one_line(exc: BaseException) -> str:
     help="HF model folder, GGUF file, hub id, or 'tiny-random' (a tiny random model made "
     "locally). Default: the arch recipe's model.",
 )
-@click.option("--quant", "quantization", default=None, help="q0f32 or q0f16 (default: recipe's).")
+@click.option(
+    "--quant",
+    "quantization",
+    default=None,
+    help="q0f32, q0f16, or 4-bit q4f32_1 / q4f16_1 (default: recipe's).",
+)
 @click.option(
     "--target",
     "targets",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from mlcpatch.models.registry import ArchInfo
+from mlcpatch.recipes import q4_format
 from mlcpatch.recipes.hf_weights import HFWeights
+from mlcpatch.recipes.q4_format import QuantizedWeight
 from mlcpatch.recipes.shards import TensorCacheWriter
 
 
@@ -23,6 +25,45 @@ class ParamPlan:
     shape: tuple[int, ...]
     dtype: str
     sources: tuple[str, ...]  # HF tensors concatenated along axis 0 (one = plain copy)
+    # Set for a weight the model holds 4-bit: it is written as quant.q_weight + quant.q_scale.
+    quant: QuantizedWeight | None = None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The parameter(s) of the exported model this plan writes, in export order."""
+        return (self.quant.q_weight, self.quant.q_scale) if self.quant else (self.name,)
+
+
+Expected = list[tuple[str, tuple[int, ...], str]]
+
+
+def _unquantized_view(
+    expected: Expected, quantized: Mapping[str, QuantizedWeight]
+) -> list[tuple[str, tuple[int, ...], str, QuantizedWeight | None]]:
+    """The exported parameters with each (q_weight, q_scale) pair folded back into the weight
+    it stands for, so checkpoint tensors are matched against the unquantized shapes."""
+    by_q_weight = {q.q_weight: q for q in quantized.values()}
+    by_q_scale = {q.q_scale: q for q in quantized.values()}
+    exported = {name: (tuple(shape), dtype) for name, shape, dtype in expected}
+    view: list[tuple[str, tuple[int, ...], str, QuantizedWeight | None]] = []
+    for q in quantized.values():
+        q_shape, s_shape = q4_format.quantized_shapes(q.shape)
+        want = {q.q_weight: (q_shape, "uint32"), q.q_scale: (s_shape, q.scale_dtype)}
+        for name, spec in want.items():
+            if exported.get(name) != spec:
+                raise WeightMismatchError(
+                    f"the quantized model exports {name} as {exported.get(name)}, "
+                    f"expected {spec} for a {list(q.shape)} weight"
+                )
+    for name, shape, dtype in expected:
+        if name in by_q_scale:
+            continue  # written together with its q_weight
+        q = by_q_weight.get(name)
+        if q is None:
+            view.append((name, tuple(shape), dtype, None))
+        else:
+            view.append((q.weight, q.shape, q.scale_dtype, q))
+    return view
 
 
 def _sources_for(arch: ArchInfo, name: str) -> tuple[str, ...]:
@@ -35,19 +76,21 @@ def _sources_for(arch: ArchInfo, name: str) -> tuple[str, ...]:
 
 def plan_params(
     arch: ArchInfo,
-    expected: list[tuple[str, tuple[int, ...], str]],
+    expected: Expected,
     weights: HFWeights,
     tie_word_embeddings: bool,
+    quantized: Mapping[str, QuantizedWeight] | None = None,
 ) -> list[ParamPlan]:
     """Match every parameter of the exported model to checkpoint tensors, checking shapes.
 
     Fails on missing tensors, on shapes that disagree with the config, and on checkpoint tensors
     nothing uses (a config with fewer layers than the weights would otherwise build silently).
+    ``quantized`` (from group_quant.quantize_model) names the weights the model holds 4-bit.
     """
     plans: list[ParamPlan] = []
     used: set[str] = set()
     missing: list[str] = []
-    for name, shape, dtype in expected:
+    for name, shape, dtype, quant in _unquantized_view(expected, quantized or {}):
         sources = _sources_for(arch, name)
         absent = [s for s in sources if s not in weights]
         if absent:
@@ -61,7 +104,7 @@ def plan_params(
                 f"gives {' + '.join(str(list(s)) for s in shapes)} ({', '.join(sources)})"
             )
         used.update(sources)
-        plans.append(ParamPlan(name, tuple(shape), dtype, sources))
+        plans.append(ParamPlan(name, tuple(shape), dtype, sources, quant))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise WeightMismatchError(
@@ -81,17 +124,34 @@ def plan_params(
             f"config and weights disagree: checkpoint tensor(s) unused by the model: "
             f"{', '.join(unused[:5])}{more}"
         )
+    # The shards' order is the export order; a quantized pair out of place would shift them.
+    if exported_names(plans) != [name for name, _, _ in expected]:
+        raise WeightMismatchError("quantized parameters are not exported as q_weight, q_scale")
     return plans
 
 
-def iter_converted(plans: list[ParamPlan], weights: HFWeights) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (our name, array in the model dtype), reading one parameter's sources at a time."""
+def iter_converted(
+    plans: list[ParamPlan], weights: HFWeights
+) -> Iterator[tuple[ParamPlan, list[tuple[str, np.ndarray]]]]:
+    """Yield each plan with its (our name, array) outputs, reading one plan's sources at a time.
+
+    Plain weights come out in the model dtype; quantized ones are quantized from float32 (not
+    from the model dtype, which for q4f16_1 would round every weight twice).
+    """
     for plan in plans:
-        parts = [weights.read(s).astype(plan.dtype, copy=False) for s in plan.sources]
+        dtype = np.float32 if plan.quant else plan.dtype
+        parts = [weights.read(s).astype(dtype, copy=False) for s in plan.sources]
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if not np.isfinite(array).all():
             raise WeightMismatchError(f"{plan.name}: non-finite values after conversion")
-        yield plan.name, array
+        if plan.quant is None:
+            yield plan, [(plan.name, array)]
+            continue
+        try:
+            q_weight, q_scale = q4_format.quantize(array, plan.quant.scale_dtype)
+        except q4_format.QuantizeError as exc:
+            raise WeightMismatchError(f"{plan.name}: {exc}") from exc
+        yield plan, [(plan.quant.q_weight, q_weight), (plan.quant.q_scale, q_scale)]
 
 
 def write_params(
@@ -100,11 +160,20 @@ def write_params(
     out_dir: pathlib.Path,
     progress: Callable[[str], None] | None = None,
 ) -> pathlib.Path:
-    """Convert and shard every parameter into ``out_dir``; returns the tensor-cache.json path."""
+    """Convert and shard every parameter into ``out_dir``; returns the tensor-cache.json path.
+
+    One plan in memory at a time: a quantized weight is quantized as soon as it is read.
+    """
     writer = TensorCacheWriter(out_dir)
-    for name, array in iter_converted(plans, weights):
-        writer.add(name, array)
+    for plan, outputs in iter_converted(plans, weights):
+        for name, array in outputs:
+            writer.add(name, array)
         if progress is not None:
-            progress(name)
+            progress(plan.name)
     # Record order is the exported parameter order, which the packed-params functions expect.
-    return writer.finish({"param_names": [p.name for p in plans]})
+    return writer.finish({"param_names": exported_names(plans)})
+
+
+def exported_names(plans: list[ParamPlan]) -> list[str]:
+    """The exported model's parameter names, in its order."""
+    return [name for plan in plans for name in plan.outputs]

@@ -37,10 +37,14 @@ def _llvm_target() -> Any:
 def _llvm_prepare(mod: Any) -> Any:
     from tvm import relax
 
+    from mlcpatch.recipes.group_quant import inline_dequantize
+
     # nn.Linear exports permute_dims(W) + matmul; unfused, the VM transposes every weight on
     # every call and the matmul walks W with a stride (measured 20x slower on SmolLM2). Fused,
     # the kernel reads W[n, k] row by row.
-    return relax.transform.FuseTransposeMatmul()(mod)
+    mod = relax.transform.FuseTransposeMatmul()(mod)
+    # 4-bit builds: the matmul dequantizes as it reads (no dlight on the CPU to do it).
+    return inline_dequantize(mod)
 
 
 def _export_shared_library(executable: Any, path: pathlib.Path) -> None:

@@ -142,13 +142,14 @@ def test_unknown_quantization(tmp_path: pathlib.Path) -> None:
             "--model",
             "tiny-random",
             "--quant",
-            "q4f16_1",
+            "q3f16_0",
             "--out",
             str(tmp_path / "out"),
         ],
     )
     assert result.exit_code != 0
-    assert "unknown quantization 'q4f16_1'" in result.output
+    assert "unknown quantization 'q3f16_0'" in result.output
+    assert "q0f32, q0f16, q4f32_1, q4f16_1" in result.output
 
 
 def test_corrupted_shard_is_detected_on_load(
@@ -179,3 +180,37 @@ def test_truncated_shard_is_detected_on_load(
 def test_not_an_artifact_folder(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ArtifactError, match="missing manifest.json"):
         Runtime(tmp_path)
+
+
+def test_prefill_chunk_as_long_as_the_sliding_window_is_refused(
+    tiny_hf: Callable, tmp_path: pathlib.Path
+) -> None:
+    """gemma3's window kernels need shorter prefill chunks: refused before compiling."""
+    out = tmp_path / "out"
+    options = BuildOptions(
+        arch="gemma3",
+        model=str(tiny_hf("gemma3-softcap-linear")),
+        out=out,
+        prefill_chunk_size=16,
+        progress=False,
+    )
+    with pytest.raises(BuildError, match="prefill_chunk_size 16 is not shorter than .* window"):
+        build(options)
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_sliding_window_beyond_the_window_is_cpu_only(
+    tiny_hf: Callable, tmp_path: pathlib.Path
+) -> None:
+    """TVM's WebGPU window kernels differ from transformers: refused when exporting."""
+    out = tmp_path / "out"
+    options = BuildOptions(
+        arch="gemma3",
+        model=str(tiny_hf("gemma3-softcap-linear")),
+        out=out,
+        targets="webgpu",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="exact only in CPU .*--context-window-size 16"):
+        build(options)
+    _assert_nothing_written(tmp_path, out)
