@@ -220,6 +220,11 @@ def build(opts: BuildOptions) -> BuildResult:
 
         with _timed(seconds, "plan"):
             _, expected = export_model(model, targets[0].make_target())
+            # Every target exports now, so one whose kernels refuse this model (a head_dim
+            # TVM's GPU attention cannot tile, a sliding window WebGPU cannot honour) fails
+            # in seconds instead of after converting weights and compiling the other targets.
+            for spec in targets[1:]:
+                export_model(model, spec.make_target())
             plans = plan_params(arch, expected, weights, config.tie_word_embeddings, quantized)
         with _timed(seconds, "convert"):
             _convert(opts, source, plans, weights, quant, stage, reused)

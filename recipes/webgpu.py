@@ -20,7 +20,7 @@ from mlcpatch.recipes.webgpu_math import MATH_VERSION, register_accurate_math
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"
 # Bumped when the emitted .wasm changes for the same model and toolchain.
-WEBGPU_VERSION = 1
+WEBGPU_VERSION = 2
 # Seconds of every emcc link in this process, for the benchmark (the build reports totals).
 LINK_SECONDS: list[float] = []
 

@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # name -> (arch, seed, config overrides). llama48 has hidden 48 (heterogeneous agents) with
 # head_dim 16: TVM's WebGPU prefill kernel rejects head_dim 12 (4 heads of 48) and fails CSE with
 # GQA 3:1, so it has 3 heads and 3 KV heads.
+# The hd32 / hd64 models (hidden 64 with 2 heads / 1 head) give head_dim 32 and 64: prefill that
+# continues a sequence was wrong on WebGPU for head_dim >= 32 (test_browser_chunked.py).
 MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "tiny-qwen2": ("qwen2", 0, {}),
     "tiny-llama48": (
@@ -31,6 +33,8 @@ MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
             "num_key_value_heads": 3,
         },
     ),
+    "tiny-qwen2-hd32": ("qwen2", 5, {"num_attention_heads": 2, "num_key_value_heads": 1}),
+    "tiny-qwen2-hd64": ("qwen2", 6, {"num_attention_heads": 1, "num_key_value_heads": 1}),
 }
 
 _lock = threading.Lock()
@@ -99,6 +103,24 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
             root.mkdir(parents=True, exist_ok=True)
             shutil.copytree(_built[name], root / name)
     return {n: root / n for n in names}
+
+
+def linked_builds(tmp_path_factory: Any, names: list[str]) -> pathlib.Path:
+    """A fresh folder holding symlinks to the session's builds of ``names`` (for tests that
+    serve just those models). Fails the test, naming the cause, without the WebGPU toolchain."""
+    import pytest
+
+    from mlcpatch.recipes.toolchain import ToolchainError, find_toolchain
+
+    try:
+        find_toolchain()
+    except ToolchainError as exc:
+        pytest.fail(f"WebGPU toolchain unavailable: {exc}")
+    built = build_models(tmp_path_factory.mktemp("webgpu-builds"), names)
+    root = tmp_path_factory.mktemp("webgpu-artifacts")
+    for name, folder in built.items():
+        (root / name).symlink_to(folder.resolve(), target_is_directory=True)
+    return root
 
 
 def broken_copy(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:

@@ -53,22 +53,12 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     $MLCPATCH_TEST_WEBGPU_ARTIFACTS names a folder holding tiny-qwen2 and tiny-llama48 from
     an earlier run, reused as is (for iterating on the engine without relinking).
     """
-    from mlcpatch.recipes.toolchain import ToolchainError, find_toolchain
-
     reuse = os.environ.get("MLCPATCH_TEST_WEBGPU_ARTIFACTS")
     if reuse:
         return pathlib.Path(reuse)
-    try:
-        find_toolchain()
-    except ToolchainError as exc:
-        pytest.fail(f"WebGPU toolchain unavailable: {exc}")
-    from playground_support import build_models
+    from playground_support import linked_builds
 
-    built = build_models(tmp_path_factory.mktemp("webgpu-builds"), list(ARTIFACTS.values()))
-    root = tmp_path_factory.mktemp("webgpu-artifacts")
-    for name, folder in built.items():
-        (root / name).symlink_to(folder.resolve(), target_is_directory=True)
-    return root
+    return linked_builds(tmp_path_factory, list(ARTIFACTS.values()))
 
 
 @pytest.fixture(scope="session")

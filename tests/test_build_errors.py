@@ -214,3 +214,41 @@ def test_sliding_window_beyond_the_window_is_cpu_only(
     with pytest.raises(ValueError, match="exact only in CPU .*--context-window-size 16"):
         build(options)
     _assert_nothing_written(tmp_path, out)
+
+
+def test_head_dim_webgpu_kernels_cannot_tile_is_refused_before_converting(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """head_dim 12 (hidden 48, 4 heads): TVM's WebGPU prefill kernel cannot tile it. With
+    --target llvm,webgpu the build names the head_dim before converting or compiling anything."""
+    from mlcpatch.recipes.tiny import write_tiny_model
+
+    model = write_tiny_model(
+        tmp_path / "hd12",
+        "llama",
+        seed=3,
+        config_overrides={"hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 4},
+    )
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLCPATCH_CACHE_DIR", str(cache))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["build", "--arch", "llama", "--model", str(model), "--out", str(out)]
+        + ["--target", "llvm,webgpu", "--quiet"],
+    )
+    assert result.exit_code != 0
+    assert "head_dim 12 (4 query / 4 key-value heads) is not supported" in result.output
+    assert "webgpu attention kernels" in result.output
+    assert "Traceback" not in result.output
+    _assert_nothing_written(tmp_path, out)
+    # Refused at planning: no converted weights and no CPU library reached the step cache.
+    assert not (cache / "convert").exists() and not (cache / "compile-llvm").exists()
+
+    # The same model builds for the CPU, which has no such tiling.
+    cpu = tmp_path / "cpu"
+    result = CliRunner().invoke(
+        main, ["build", "--arch", "llama", "--model", str(model), "--out", str(cpu), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (cpu / "manifest.json").is_file()

@@ -148,6 +148,7 @@ export class Engine {
     const manifest = await fetch(base + "manifest.json")
       .then((r) => (r.ok ? r.json() : null))
       .catch(() => null);
+    checkRuntimeLimits(base, config, options);
     const wasmName = config.model_lib?.webgpu;
     if (!wasmName) {
       throw new ArtifactError(
@@ -557,6 +558,32 @@ export class Engine {
       });
     } finally {
       if (chunk.owned) chunk.tensor.dispose();
+    }
+  }
+}
+
+// Models with sliding-window attention are exact only within limits their build records in
+// model_config.runtime_limits (a context within the window, or prefill chunks shorter than it);
+// like the Python runtime, refuse settings beyond them, the build's own defaults included.
+const LIMITED_SETTINGS = {
+  context_window_size: ["contextWindowSize", "context_window_size"],
+  prefill_chunk_size: ["prefillChunkSize", "prefill_chunk_size"],
+};
+
+function checkRuntimeLimits(base, config, options) {
+  const limits = config.model_config?.runtime_limits ?? {};
+  for (const [key, limit] of Object.entries(limits)) {
+    const names = LIMITED_SETTINGS[key];
+    if (!names) continue;
+    const [option, configKey] = names;
+    const value = Number(options[option] ?? config[configKey]);
+    if (value > Number(limit)) {
+      const source = options[option] != null ? option : `the config's ${configKey}`;
+      throw new ArtifactError(
+        `${base}: ${source} ${value} is above this model's limit of ${limit} ` +
+          `(model_config.runtime_limits.${key}: sliding-window attention is exact only ` +
+          `within it); pass ${option} <= ${limit}`,
+      );
     }
   }
 }
