@@ -161,6 +161,8 @@ def _compile(
 ) -> None:
     from importlib import metadata
 
+    from tvm import error as tvm_error
+
     key = sha256_json(
         {
             "step": "compile",
@@ -182,8 +184,30 @@ def _compile(
         reused.append(f"compile-{spec.name}")
         return
     with _bar(opts, COMPILE_STEPS, f"compile {spec.name}", "step") as bar:
-        compile_library(model, spec, lib_path, on_step=lambda: bar.update(1))
+        try:
+            compile_library(model, spec, lib_path, on_step=lambda: bar.update(1))
+        except tvm_error.InternalError as exc:
+            raise BuildError(_compile_failure(spec.name, config, exc)) from exc
     cache.store(key, {"lib": lib_path})
+
+
+def _compile_failure(target: str, config: dict[str, Any], exc: BaseException) -> str:
+    # TVM's internal checks name a compiler variable, not the model: say which target and
+    # attention shape were being compiled, which is what a user can change.
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(exc).__name__
+    shape = (
+        f"head_dim {config.get('head_dim')}, {config.get('num_attention_heads')} query / "
+        f"{config.get('num_key_value_heads')} key-value heads"
+    )
+    hint = ""
+    if target != "llvm":
+        hint = (
+            f"; TVM's {target} attention kernels fail this way for small head_dims with GQA "
+            "(seen: head_dim 16 with 3 or 4 query heads per key-value head), while real "
+            "models (head_dim >= 64) build; a CPU (llvm) build takes any shape"
+        )
+    return f"TVM failed compiling the {target} library ({shape}): {detail}{hint}"
 
 
 def build(opts: BuildOptions) -> BuildResult:

@@ -252,3 +252,34 @@ def test_head_dim_webgpu_kernels_cannot_tile_is_refused_before_converting(
     )
     assert result.exit_code == 0, result.output
     assert (cpu / "manifest.json").is_file()
+
+
+def test_tvm_compile_failure_names_target_and_attention_shape(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TVM 0.27's WebGPU prefill kernels fail an internal check (a CSE variable used before
+    its definition) for head_dim 16 with 3 query heads per key-value head. The build says which
+    target and shape it was compiling, in one line, and leaves nothing behind."""
+    from mlcpatch.recipes.tiny import write_tiny_model
+
+    model = write_tiny_model(
+        tmp_path / "gqa3",
+        "llama",
+        seed=3,
+        config_overrides={"hidden_size": 48, "num_attention_heads": 3, "num_key_value_heads": 1},
+    )
+    monkeypatch.setenv("MLCPATCH_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["build", "--arch", "llama", "--model", str(model), "--out", str(out)]
+        + ["--target", "webgpu", "--quiet"],
+    )
+    assert result.exit_code != 0
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: TVM failed compiling the webgpu library")
+    assert "(head_dim 16, 3 query / 1 key-value heads)" in message
+    assert "used before definition" in message
+    assert "Traceback" not in result.output
+    _assert_nothing_written(tmp_path, out)
+    assert not (tmp_path / "cache" / "compile-webgpu").exists()
