@@ -56,7 +56,13 @@ import mlcpatch
 import mlcpatch.patcher as patcher
 from mlcpatch.patcher import PatchError, patch_file, revert_file
 from mlcpatch.patcher.files import BACKUP_SUFFIX
-from mlcpatch.patcher.resolve import MLC_ENV, ArchFile, mlc_archs
+from mlcpatch.patcher.resolve import (
+    MLC_ENV,
+    ArchFile,
+    mlc_archs,
+    mlc_override_dir,
+    mlc_package_here,
+)
 from mlcpatch.recipes.artifact import (
     CHAT_CONFIG,
     TOKENIZER_FILES,
@@ -210,24 +216,6 @@ def _package_seen_by(python: str) -> Path | None:
     return Path(location) if done.returncode == 0 and location else None
 
 
-def _package_seen_here() -> Path | None:
-    try:
-        spec = importlib.util.find_spec("mlc_llm")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _override_dir() -> Path | None:
-    value = os.environ.get(MLC_ENV)
-    if not value:
-        return None
-    folder = Path(value)
-    return folder / "mlc_llm" if (folder / "mlc_llm").is_dir() else folder
-
-
 def _dist_versions(package_dir: Path) -> tuple[str | None, str | None]:
     """(mlc-llm version, mlc-ai version) from the dist-info folders beside the package."""
     mlc_llm = mlc_ai = None
@@ -260,7 +248,7 @@ def mlc_version(package_dir: Path) -> tuple[str, str | None]:
 def find_mlc_llm() -> MlcInstall:
     """The command that runs MLC-LLM and the package it runs; MlcNotFoundError if none."""
     exe = shutil.which("mlc_llm")
-    override = _override_dir()
+    override = mlc_override_dir()
     if exe is not None:
         command: tuple[str, ...] = (exe,)
         python = script_interpreter(Path(exe))
@@ -270,14 +258,14 @@ def find_mlc_llm() -> MlcInstall:
             package = _package_seen_by(python) if python else None
             found_by = f"the Python of {exe} ({python})"
             if package is None:
-                package, found_by = _package_seen_here(), f"this Python ({sys.executable})"
+                package, found_by = mlc_package_here(), f"this Python ({sys.executable})"
         if package is None:
             raise MlcNotFoundError(
                 f"found the mlc_llm command ({exe}) but not the mlc_llm package it runs; set "
                 f"{MLC_ENV} to the folder holding that package, or use --backend builtin"
             )
     else:
-        here = _package_seen_here()
+        here = mlc_package_here()
         if here is None:
             raise MlcNotFoundError(not_installed_message())
         command = (sys.executable, "-m", "mlc_llm")

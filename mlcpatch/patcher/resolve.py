@@ -26,11 +26,22 @@ class ArchFile:
 
 
 def mlc_package_dir() -> Path | None:
-    """The installed mlc_llm package folder, found by the import system but not imported."""
-    override = os.environ.get(MLC_ENV)
-    if override:
-        folder = Path(override)
-        return folder / "mlc_llm" if (folder / "mlc_llm").is_dir() else folder
+    """The mlc_llm package folder: ``$MLCPATCH_MLC_LLM`` when set, else the one this Python
+    would import (found by the import system, not imported)."""
+    return mlc_override_dir() or mlc_package_here()
+
+
+def mlc_override_dir() -> Path | None:
+    """The package folder ``$MLCPATCH_MLC_LLM`` names (it or its ``mlc_llm`` child), if set."""
+    value = os.environ.get(MLC_ENV)
+    if not value:
+        return None
+    folder = Path(value)
+    return folder / "mlc_llm" if (folder / "mlc_llm").is_dir() else folder
+
+
+def mlc_package_here() -> Path | None:
+    """The mlc_llm package folder this Python would import, without importing it."""
     try:
         spec = importlib.util.find_spec("mlc_llm")
     except (ImportError, ValueError):
