@@ -12,7 +12,7 @@ import "../node_modules/@mlc-ai/web-runtime/lib/index.js";
 import "../node_modules/@mlc-ai/web-tokenizers/lib/index.js";
 import { renderChatTemplate } from "./chat_template.js";
 import { detectWebGPU, WebGPUUnavailableError } from "./detect.js";
-import { sampleToken } from "./sampling.js";
+import { makeRng, sampleToken } from "./sampling.js";
 
 export { detectWebGPU, WebGPUUnavailableError };
 
@@ -625,18 +625,5 @@ async function loadTokenizer(base, config) {
     chatTemplate: source
       ? { source, bosToken: tokenContent(tokConfig.bos_token), eosToken }
       : null,
-  };
-}
-
-// mulberry32: small, seedable, good enough for sampling; Math.random when no seed is given.
-function makeRng(seed) {
-  if (seed == null) return Math.random;
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }

@@ -15,7 +15,7 @@
 import { handoffs } from "./patterns.js";
 import { latentInput, render, textInput } from "./prompts.js";
 import { pyStrip } from "./pystr.js";
-import { sampleToken } from "./sampling.js";
+import { makeRng, sampleToken } from "./sampling.js";
 import { runTools } from "./tools.js";
 
 export const MODES = ["latent", "text"];
@@ -127,19 +127,6 @@ export class RunResult {
       steps: this.steps.map((s) => s.toJSON()),
     };
   }
-}
-
-// mulberry32, seeded from settings.seed. Only sampled runs (temperature > 0) draw from it; they
-// cannot reproduce numpy's generator, so only greedy runs match the Python loop.
-function makeRng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 async function readBack(tensor) {

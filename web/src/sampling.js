@@ -1,5 +1,22 @@
 // Picking the next token from logits; mirrors mlcpatch.runtime.sample.
 
+/**
+ * A seeded generator of numbers in [0, 1) (mulberry32: small, good enough for sampling), or
+ * Math.random when `seed` is null. Sampled runs cannot reproduce numpy's generator, so only
+ * greedy runs match the Python side.
+ */
+export function makeRng(seed) {
+  if (seed == null) return Math.random;
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /** Index of the largest value (the first one on ties, like numpy.argmax). */
 export function argmax(values) {
   let best = 0;
