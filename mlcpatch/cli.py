@@ -19,6 +19,7 @@ def main() -> None:
       mlcpatch build --arch qwen2 --model DIR   HF weights -> artifact folder (shards + library)
       mlcpatch generate ARTIFACTS --prompt "Hi"
       mlcpatch run --model ARTIFACTS --mode compare "question"   latent loop vs text loop
+      mlcpatch eval --model ARTIFACTS --questions arithmetic   accuracy of single/text/latent
       mlcpatch serve --artifacts artifacts   the browser playground on http://127.0.0.1:8000
     """
 
@@ -31,6 +32,10 @@ def _register() -> None:
     main.add_command(archs_command)
     main.add_command(run_command)
     main.add_command(bench_command)
+
+    from mlcpatch.eval.command import eval_command
+
+    main.add_command(eval_command)
 
     from mlcpatch.publish.command import publish_command
     from mlcpatch.training.command import links_command, train_command

@@ -10,7 +10,7 @@ Modules, one job each:
   system          agents, pattern, rounds, latent steps -> link specs
   tiny            the built-in tiny heterogeneous model pair;  backbones  frozen shared models
   prompts         role templates around the latent slot;  unroll  the differentiable latent loop
-  data, answers   JSONL question/answer data, answer extraction for exact match
+  data            JSONL question/answer data
   config, checkpoint, batches, init_links, trainer   the two training stages on accelerate
   command         the click commands;  bench  `python -m mlcpatch.training.bench`
 

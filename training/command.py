@@ -67,8 +67,18 @@ def one_line_errors(func: F) -> F:
     multiple=True,
     help="HF folder or hub id, once per agent in order (or tiny:qwen2 / tiny:llama).",
 )
-@click.option("--pattern", help="Agent order, comma-separated names (default: as defined).")
-@click.option("--data", type=click.Path(dir_okay=False), help="JSONL with question/answer.")
+@click.option(
+    "--pattern",
+    help="The loop's pattern to train for: a built-in name (sequential, mixture, distillation, "
+    "deliberation) or a pattern .toml, as for `mlcpatch run`; --model once for all agents or "
+    "once per agent. Without it: a chain planner -> [critic] -> solver, one agent per --model.",
+)
+@click.option(
+    "--data",
+    help="JSONL with question/answer, or a built-in question set (arithmetic, legs, gsm, "
+    "choice: its train split, never the eval split).",
+)
+@click.option("--data-size", type=int, help="Questions drawn from a built-in set (default 2000).")
 @click.option("--rounds", type=int, help="Rounds R of the whole pattern (default 2).")
 @click.option("--latent-steps", type=int, help="Latent steps m per agent turn (default 4).")
 @click.option("--variant", type=click.Choice(["residual", "ln-residual"]))
@@ -131,7 +141,7 @@ def train_command(
     if models:
         cli.update(models=list(models), agents=[])
     if pattern:
-        cli["pattern"] = [name.strip() for name in pattern.split(",") if name.strip()]
+        cli["loop_pattern"] = pattern
     layers.append(cli)
     config = build_config(*layers)
     result = train(config, log=click.echo)

@@ -29,12 +29,16 @@ class TrainConfig:
     models: list[str] = field(default_factory=lambda: list(TINY_MODELS))
     agents: list[dict[str, str]] = field(default_factory=list)
     pattern: list[str] = field(default_factory=list)
+    # A loop pattern (built-in name or .toml): the agents, roles and hand-offs of `mlcpatch run`.
+    # `models` then gives one model for all agents or one per agent, in the pattern's order.
+    loop_pattern: str | None = None
     rounds: int = 2
     latent_steps: int = 4
     variant: str = "residual"
     bottleneck: int | None = None
     activation: str = "gelu"
-    data: str | None = None
+    data: str | None = None  # JSONL file, or a built-in question set (its train split)
+    data_size: int = 2000  # questions drawn from a built-in set
     validation_fraction: float = 0.125
     stage: str = "both"
     inner_steps: int = 100
@@ -66,6 +70,8 @@ class TrainConfig:
     threads: int = 0  # 0: one thread for tiny CPU backbones, else torch's default
 
     def system(self) -> SystemConfig:
+        if self.loop_pattern:
+            return self._pattern_system(self.loop_pattern)
         if self.agents:
             agents = []
             for index, entry in enumerate(self.agents):
@@ -92,6 +98,37 @@ class TrainConfig:
             variant=self.variant,
             bottleneck=self.bottleneck,
             activation=self.activation,
+        )
+
+    def _pattern_system(self, name: str) -> SystemConfig:
+        from mlcpatch.loop.patterns import PatternError, load_pattern
+
+        if self.agents:
+            raise ConfigError("give either loop_pattern (with models) or agents, not both")
+        try:
+            loop = load_pattern(name)
+        except PatternError as err:
+            raise ConfigError(str(err)) from None
+        names = [role.name for role in loop.agents]
+        if len(self.models) not in (1, len(names)):
+            raise ConfigError(
+                f"pattern {loop.name} has {len(names)} agents ({', '.join(names)}); give one "
+                f"model for all of them or one per agent, not {len(self.models)}"
+            )
+        models = self.models * len(names) if len(self.models) == 1 else self.models
+        agents = [
+            AgentConfig(role.name, model, role.template)
+            for role, model in zip(loop.agents, models, strict=True)
+        ]
+        return SystemConfig(
+            agents=agents,
+            pattern=names,
+            rounds=self.rounds,
+            latent_steps=self.latent_steps,
+            variant=self.variant,
+            bottleneck=self.bottleneck,
+            activation=self.activation,
+            loop=loop,
         )
 
     def validate(self) -> None:
@@ -185,6 +222,8 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
 def _check_type(key: str, value: Any, default: Any) -> None:
     if key == "bottleneck":
         expected: tuple[type, ...] = (int,)
+    elif key in ("data", "loop_pattern"):
+        expected = (str,)
     elif isinstance(default, bool):
         expected = (bool,)
     elif isinstance(default, float):

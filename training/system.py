@@ -1,9 +1,18 @@
-"""A multi-agent system: agents, their order, rounds, latent steps, and the links that follows."""
+"""A multi-agent system: agents, their order, rounds, latent steps, and the links that follows.
+
+The agents are always a loop `Pattern` (`mlcpatch.loop.patterns`), so the trainer runs exactly
+the system that `mlcpatch run`, `eval` and the playground run: the same roles, prompts, slot,
+tools and hand-offs (several senders into one receiver included). A pattern comes from a
+pattern file or a built-in name (`pattern_file`), or, for older configs, is made from a chain of
+`AgentConfig` role templates (each agent receives from the one before it, the first from the
+last).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlcpatch.loop.patterns import AgentRole, Pattern
 from mlcpatch.training.spec import VARIANTS, LinkSpec, check_name, make_spec
 
 LATENT_SLOT = "{latent}"
@@ -64,6 +73,7 @@ class SystemConfig:
     variant: str = "residual"
     bottleneck: int | None = None
     activation: str = "gelu"
+    loop: Pattern | None = None  # a loop pattern; None: a chain made from `agents`
 
     def __post_init__(self) -> None:
         if not self.pattern:
@@ -76,7 +86,14 @@ class SystemConfig:
         if len(set(names)) != len(names):
             raise SystemConfigError(f"agent names must be unique, got {names}")
         for agent in self.agents:
-            agent.validate()
+            if self.loop is None:
+                agent.validate()
+            else:
+                check_name(agent.name, "agent")
+        if self.loop is None and len(set(self.pattern)) != len(self.pattern):
+            raise SystemConfigError(
+                f"pattern {self.pattern} names an agent twice; write a pattern file instead"
+            )
         for name in self.pattern:
             if name not in names:
                 raise SystemConfigError(
@@ -99,18 +116,39 @@ class SystemConfig:
                 return agent
         raise SystemConfigError(f"no agent named {name!r}")
 
+    def loop_pattern(self) -> Pattern:
+        """The loop's pattern this system runs."""
+        if self.loop is not None:
+            return self.loop
+        order = list(self.pattern)
+        roles = []
+        for index, name in enumerate(order):
+            sender = order[index - 1] if len(order) > 1 else None
+            template = self.agent(name).role.replace("{", "{{").replace("}", "}}")
+            template = template.replace("{{question}}", "{question}")
+            template = template.replace("{{latent}}", "{latent}")
+            roles.append(AgentRole(name, "", template, (sender,) if sender else ()))
+        return Pattern(
+            "chain", "agents in a chain, the first receiving from the last", tuple(roles)
+        )
+
     def turns(self) -> list[str]:
         """Agent names in the order they act, all rounds unrolled."""
         return [name for _ in range(self.rounds) for name in self.pattern]
 
     def handoffs(self) -> list[tuple[str, str]]:
-        """Distinct (sender, receiver) pairs, in the order they first happen."""
-        turns = self.turns()
+        """Every (sender, receiver) pair of the pattern: those the unrolled rounds use, in the
+        order they first happen, then those they never reach (present so that the file loads
+        into the loop for any number of rounds)."""
+        loop = self.loop_pattern()
         pairs: list[tuple[str, str]] = []
-        for pair in zip(turns, turns[1:], strict=False):
-            if pair not in pairs:
-                pairs.append(pair)
-        return pairs
+        spoken: set[str] = set()
+        for name in self.turns():
+            for sender in loop.agent(name).receives:
+                if sender in spoken and (sender, name) not in pairs:
+                    pairs.append((sender, name))
+            spoken.add(name)
+        return pairs + [p for p in loop.handoffs() if p not in pairs]
 
     def link_specs(self, hidden_sizes: dict[str, int]) -> list[LinkSpec]:
         """One inner link per agent in the pattern, one outer link per handoff pair."""

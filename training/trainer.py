@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlcpatch.training.answers import is_correct
+from mlcpatch.eval.grading import grade, infer_grader
 from mlcpatch.training.backbones import BackbonePool, fingerprint
 from mlcpatch.training.batches import BatchSchedule
 from mlcpatch.training.checkpoint import TrainingState, load_state, save_state
 from mlcpatch.training.config import TrainConfig
-from mlcpatch.training.data import Example, load_builtin, load_jsonl, split_examples
+from mlcpatch.training.data import DataError, Example, load_builtin, load_jsonl, split_examples
 from mlcpatch.training.init_links import initial_links
 from mlcpatch.training.link_io import save_links
 from mlcpatch.training.prompts import training_text
@@ -81,7 +81,18 @@ def _choose_threads(threads: int, backbone_params: int, device: torch.device) ->
 
 
 def _load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    examples = load_jsonl(config.data) if config.data else load_builtin()
+    """Training and validation examples: both from the train split of a question set, never
+    from its eval split, so `mlcpatch eval` measures on questions training never saw."""
+    from mlcpatch.eval.questions import BUILTIN_SETS, QuestionSetError, builtin_questions
+
+    if config.data in BUILTIN_SETS:
+        try:
+            questions = builtin_questions(config.data, "train", config.data_size, config.seed)
+        except QuestionSetError as err:
+            raise DataError(str(err)) from None
+        examples = [Example(q.prompt(), q.answer) for q in questions]
+    else:
+        examples = load_jsonl(config.data) if config.data else load_builtin()
     return split_examples(examples, config.validation_fraction, config.seed)
 
 
@@ -105,8 +116,10 @@ class Trainer:
         self.system = config.system()
         self.system.validate()
         self.pool = BackbonePool(_base_dtype(config), config.seed)
+        loop = self.system.loop_pattern()
         self.agents = {
-            a.name: Agent(a.name, self.pool.get(a.model), a.role) for a in self.system.agents
+            a.name: Agent(a.name, self.pool.get(a.model), loop.agent(a.name))
+            for a in self.system.agents
         }
         self.pool.to(self.accelerator.device)
         self.train_set, self.valid_set = _load_examples(config)
@@ -197,7 +210,10 @@ class Trainer:
                     outputs = module.generate(
                         [e.question for e in part], self.config.max_new_tokens
                     )
-                    correct = [is_correct(o, e.answer) for o, e in zip(outputs, part, strict=True)]
+                    correct = [
+                        grade(infer_grader(e.answer, None), o, e.answer)
+                        for o, e in zip(outputs, part, strict=True)
+                    ]
                 from accelerate.utils import gather_object
 
                 correct = gather_object(correct)

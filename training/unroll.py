@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mlcpatch.loop.patterns import AgentRole
 from mlcpatch.training.backbones import Backbone
 from mlcpatch.training.module import LinkSet
 from mlcpatch.training.prompts import PromptCache, answer_ids, training_text
@@ -25,7 +26,7 @@ from mlcpatch.training.system import SystemConfig
 class Agent:
     name: str
     backbone: Backbone
-    role: str
+    role: AgentRole
 
 
 def pad_left(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,23 +135,29 @@ class LatentSystem(nn.Module):
             thoughts.append(h)
         return torch.stack(thoughts, 1)
 
-    def handover_to_final(self, questions: list[str]) -> torch.Tensor:
-        """Run every turn but the last; return what the final agent receives [B, m, d_final]."""
+    def handover_to_final(self, questions: list[str]) -> torch.Tensor | None:
+        """Run every turn but the last, as the loop does; return what the final agent
+        receives [B, k·m, d_final] (its senders' hand-offs concatenated in its `receives`
+        order), or None when none of them has spoken."""
         turns = self.system.turns()
-        handed: torch.Tensor | None = None
-        for index, name in enumerate(turns[:-1]):
+        handed: dict[str, torch.Tensor] = {}  # sender -> inner(its latest thoughts)
+        for name in turns[:-1]:
+            incoming = self._incoming(name, handed)
             if self.checkpointing and torch.is_grad_enabled():
                 # Recompute this turn in backward instead of keeping its activations.
                 thoughts = checkpoint(
-                    self._latent_turn, name, questions, handed, use_reentrant=False
+                    self._latent_turn, name, questions, incoming, use_reentrant=False
                 )
             else:
-                thoughts = self._latent_turn(name, questions, handed)
-            receiver = turns[index + 1]
-            link_in = self.links[inner_link_name(name)](thoughts)
-            handed = self.links[outer_link_name(name, receiver)](link_in)
-        assert handed is not None
-        return handed
+                thoughts = self._latent_turn(name, questions, incoming)
+            handed[name] = self.links[inner_link_name(name)](thoughts)
+        return self._incoming(turns[-1], handed)
+
+    def _incoming(self, name: str, handed: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        senders = [s for s in self.agents[name].role.receives if s in handed]
+        if not senders:
+            return None
+        return torch.cat([self.links[outer_link_name(s, name)](handed[s]) for s in senders], 1)
 
     def outer_loss(self, questions: list[str], answers: list[str]) -> torch.Tensor:
         """Cross-entropy of the final agent on the answer tokens, teacher forced."""

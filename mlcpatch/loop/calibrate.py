@@ -3,6 +3,11 @@
 The closed form itself lives in `mlcpatch.training.closed_form` (ridge regression, packed into the
 link's form); this module only collects what it needs from a backend, which may be the compiled
 CPU runtime rather than a PyTorch model: hidden states over a bundled text and the embedding table.
+
+The bundled text (`data/calibration.txt`) is generic prose with no digits and nothing from any
+question set, so a closed-form start never sees what it is later asked. A ridge fit of a
+d-dimensional map needs several times d samples; the text gives about 3,300 SmolLM2 tokens, and
+`MAX_CALIBRATION_TOKENS` caps what is used. The text is run in chunks that fit the model's context.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from mlcpatch.loop.prompts import ids_of
 from mlcpatch.training.closed_form import AgentSamples, closed_form_links
 from mlcpatch.training.linkfile import LinkFile
 
-MAX_CALIBRATION_TOKENS = 256
+MAX_CALIBRATION_TOKENS = 4096
+CALIBRATION_CHUNK = 512
 EMBED_CHUNK = 4096
+LINK_FORMS = ("residual", "ln-residual")
 
 
 def calibration_text() -> str:
@@ -36,26 +43,39 @@ def embedding_table(backend: ModelBackend) -> np.ndarray:
     )
 
 
-def samples(name: str, backend: ModelBackend) -> AgentSamples:
+def samples(
+    name: str, backend: ModelBackend, max_tokens: int = MAX_CALIBRATION_TOKENS
+) -> AgentSamples:
     """(last hidden at t, token t+1) pairs over the calibration text, and the embedding table."""
-    ids = ids_of(backend.tokenizer, calibration_text())
-    ids = ids[: min(MAX_CALIBRATION_TOKENS, backend.context_window - 1)]
+    ids = ids_of(backend.tokenizer, calibration_text())[:max_tokens]
     if len(ids) < 8:
         raise ValueError(f"agent {name}: calibration text is too short for this tokenizer")
-    backend.reset()
-    hidden = backend.get_last_hidden(backend.embed(ids))
+    chunk = max(8, min(CALIBRATION_CHUNK, backend.context_window - 1))
+    hidden_parts, next_parts = [], []
+    for start in range(0, len(ids) - 1, chunk):
+        piece = ids[start : start + chunk + 1]  # one past the chunk: its next token
+        if len(piece) < 2:
+            break
+        backend.reset()
+        hidden = backend.get_last_hidden(backend.embed(piece))
+        hidden_parts.append(hidden[:-1])
+        next_parts.append(np.asarray(piece[1:]))
     backend.reset()
     return AgentSamples(
         name=name,
-        hidden=hidden[:-1],
-        next_ids=np.asarray(ids[1:]),
+        hidden=np.concatenate(hidden_parts),
+        next_ids=np.concatenate(next_parts),
         embedding=embedding_table(backend),
         vocab=backend.tokenizer.get_vocab(),
     )
 
 
-def closed_form_link_file(pattern: Pattern, agents: list[Agent]) -> LinkFile:
+def closed_form_link_file(
+    pattern: Pattern, agents: list[Agent], variant: str = "residual"
+) -> LinkFile:
     """Closed-form links for every agent and hand-off of the pattern, as a link file."""
+    if variant not in LINK_FORMS:
+        raise ValueError(f"link form must be one of {LINK_FORMS}, not {variant!r}")
     cache: dict[int, AgentSamples] = {}
     collected = []
     for agent in agents:
@@ -67,11 +87,11 @@ def closed_form_link_file(pattern: Pattern, agents: list[Agent]) -> LinkFile:
         collected.append(
             AgentSamples(agent.role.name, base.hidden, base.next_ids, base.embedding, base.vocab)
         )
-    return closed_form_links(collected, pattern.handoffs())
+    return closed_form_links(collected, pattern.handoffs(), variant=variant)
 
 
-def fitted_links(pattern: Pattern, agents: list[Agent]) -> Links:
+def fitted_links(pattern: Pattern, agents: list[Agent], variant: str = "residual") -> Links:
     """Closed-form links ready to run (what `mlcpatch run` uses without --links)."""
     return links_from_file(
-        closed_form_link_file(pattern, agents), pattern, agents, "closed-form links"
+        closed_form_link_file(pattern, agents, variant), pattern, agents, "closed-form links"
     )

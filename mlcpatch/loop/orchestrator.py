@@ -260,6 +260,36 @@ def run(
     return RunResult(mode, pattern.name, question, answer, time.perf_counter() - start, steps)
 
 
+def run_single(
+    pattern: Pattern, agents: list[Agent], question: str, settings: Settings
+) -> RunResult:
+    """The baseline: the final agent's model alone, with the final agent's role and tools, an
+    empty `{latent}` slot and the same answer budget (`max_new_tokens`) as the loop's answer."""
+    agent = agents[-1]
+    role, backend = agent.role, agent.backend
+    rng = np.random.default_rng(settings.seed)
+    start = time.perf_counter()
+    tool_results = run_tools(role.tools, question) if role.tools else []
+    prompt = render(backend.tokenizer, role, question, "\n".join(tool_results) or "none")
+    embeds = text_input(backend, prompt, "")
+    backend.reset()
+    tokens, text = _generate(backend, embeds, settings.max_new_tokens, settings, rng)
+    seconds = time.perf_counter() - start
+    step = AgentStep(
+        1,
+        role.name,
+        len(embeds),
+        0,
+        len(tokens),
+        len(embeds) + max(len(tokens) - 1, 0),
+        seconds,
+        0,
+        text=text,
+        tool_results=tool_results,
+    )
+    return RunResult("single", pattern.name, question, text, seconds, [step])
+
+
 def compare(latent: RunResult, text: RunResult) -> dict[str, float]:
     """Latent against text: the figures the paper reports."""
     reduction = 1 - latent.tokens_generated / text.tokens_generated if text.tokens_generated else 0

@@ -1,0 +1,285 @@
+"""`mlcpatch eval`: accuracy of single, text and latent modes on a question set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from mlcpatch.eval.questions import BUILTIN_SETS, SPLITS, QuestionSetError, load_questions
+from mlcpatch.eval.report import chart, summarize, table
+from mlcpatch.eval.runner import (
+    RESULTS,
+    RUN_INFO,
+    EvalError,
+    Mode,
+    Solver,
+    check_run,
+    evaluate,
+    read_results,
+    timed,
+    write_json,
+)
+from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
+from mlcpatch.loop.linkfile import load_links
+from mlcpatch.loop.orchestrator import Agent, Links, Settings, run, run_single
+from mlcpatch.loop.patterns import Pattern, builtin_patterns
+from mlcpatch.training.linkfile import LinkFileError
+
+BASE_MODES = ("single", "text", "latent")
+
+
+def _file_digest(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    digest = hashlib.sha256()
+    for item in files:
+        digest.update(item.name.encode() + b"\0" + item.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def links_label(path: Path, taken: set[str]) -> str:
+    """`latent:<name>`: the folder's name for a folder or links.json, else the file's stem."""
+    name = path.parent.name if path.name == "links.json" else path.stem
+    if path.is_dir():
+        name = path.name
+    label = f"latent:{name or 'links'}"
+    suffix = 2
+    while label in taken:
+        label = f"latent:{name}-{suffix}"
+        suffix += 1
+    return label
+
+
+@click.command("eval")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    metavar="FOLDER",
+    help="Artifact folder (compiled CPU runtime) or Hugging Face folder (PyTorch). "
+    "Once for all agents, or once per agent in pattern order.",
+)
+@click.option(
+    "--pattern",
+    default="sequential",
+    show_default=True,
+    help=f"Built-in pattern ({', '.join(builtin_patterns())}) or a pattern .toml file.",
+)
+@click.option(
+    "--questions",
+    "source",
+    default="arithmetic",
+    show_default=True,
+    metavar="SET|FILE.jsonl",
+    help=f"A built-in set ({', '.join(BUILTIN_SETS)}) or a JSONL file with question, answer "
+    "and optional choices (a list), id and grader (numeric, choice, exact).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="eval",
+    show_default=True,
+    help="Split of a built-in set; train and eval never share a question. Files are used whole.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Questions to ask: built-in sets default to 200; for a file, its first N (0: all).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which sample of a set.")
+@click.option(
+    "--modes",
+    default=",".join(BASE_MODES),
+    show_default=True,
+    help="Comma-separated: single (the final agent's model alone), text, latent (closed-form "
+    "links). Every --links file adds a latent mode of its own.",
+)
+@click.option(
+    "--links",
+    "link_files",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A trained link file (folder, links.json, .safetensors or recursivelink.json); "
+    "repeat to compare several in one run.",
+)
+@click.option(
+    "--link-form",
+    type=click.Choice(LINK_FORMS),
+    default="residual",
+    show_default=True,
+    help="Form of the closed-form links of the `latent` mode.",
+)
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds R.")
+@click.option("--latent-steps", type=int, default=8, show_default=True, help="Latent steps m.")
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Answer budget of the final agent (and of single mode).",
+)
+@click.option(
+    "--text-tokens",
+    type=int,
+    default=48,
+    show_default=True,
+    help="Budget of each intermediate agent in text mode.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("eval-out"),
+    show_default=True,
+    help="Folder for results.jsonl, run.json, summary.json and eval.png.",
+)
+@click.option("--overwrite", is_flag=True, help="Start over instead of resuming a run in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_command(
+    models: tuple[str, ...],
+    pattern: str,
+    source: str,
+    split: str,
+    size: int,
+    seed: int,
+    modes: str,
+    link_files: tuple[Path, ...],
+    link_form: str,
+    rounds: int,
+    latent_steps: int,
+    max_new_tokens: int,
+    text_tokens: int,
+    out: Path,
+    overwrite: bool,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """Measure how often each mode answers right, and at what cost.
+
+    \b
+    Every question goes through every mode, one after the other on this machine, greedy, with
+    the same prompts and budgets:
+      single         the final agent's model alone, with the final agent's role
+      text           the pattern's agents talking in text
+      latent         the latent loop with closed-form links (fitted on generic text)
+      latent:NAME    the latent loop with the link file NAME (--links, repeatable)
+
+    \b
+    Writes OUT/results.jsonl (one line per question and mode, written as it goes: run the same
+    command again to continue a stopped run), OUT/run.json (settings and one-time costs such as
+    loading models and fitting links, kept apart from per-question seconds), OUT/summary.json
+    and OUT/eval.png, and prints a table: accuracy with a 95% Wilson interval, mean generated
+    tokens and seconds per question, speed against text, cost against single, and the paired
+    accuracy difference against text with its 95% interval.
+
+    \b
+    Example:
+      mlcpatch eval --model artifacts/smollm2-135m --questions arithmetic --size 200
+    """
+    from mlcpatch.loop.command import _agents
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in BASE_MODES]
+    if unknown or not (wanted or link_files):
+        raise click.UsageError(f"--modes takes {', '.join(BASE_MODES)}; got {modes!r}")
+    try:
+        settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens)
+        questions = load_questions(source, split, size, seed)
+    except (ValueError, QuestionSetError) as err:
+        raise click.ClickException(str(err)) from None
+    labels = list(wanted)
+    link_labels: list[tuple[str, Path]] = []
+    for path in link_files:
+        label = links_label(path, set(labels))
+        labels.append(label)
+        link_labels.append((label, path))
+    identity = {
+        "models": list(models),
+        "pattern": pattern,
+        "questions": source,
+        "split": split if not source.endswith(".jsonl") else None,
+        "size": len(questions),
+        "seed": seed,
+        "settings": vars(settings),
+    }
+    mode_ids = {label: "" for label in wanted}
+    mode_ids.update({label: _file_digest(path) for label, path in link_labels})
+    if "latent" in mode_ids:
+        mode_ids["latent"] = f"closed-form {link_form}"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        info = check_run(out, identity, mode_ids, overwrite)
+        previous = read_results(out / RESULTS)
+    except EvalError as err:
+        raise click.ClickException(str(err)) from None
+    ids = {q.id for q in questions}
+    done = {(r["id"], r["mode"]) for r in previous if r["id"] in ids}
+    remaining = len(questions) * len(labels) - len(done)
+    setup = info["setup"]
+    system, agents = timed("open models", setup, lambda: _agents(pattern, models))
+    solvers: list[Mode] = []
+    try:
+        for label in labels:
+            if label == "single":
+                solve = _single(system, agents, settings)
+            elif label == "text":
+                solve = _looped("text", system, agents, settings, None)
+            elif label == "latent":
+                links = timed(
+                    "fit closed-form links",
+                    setup,
+                    lambda: fitted_links(system, agents, link_form),
+                )
+                solve = _looped("latent", system, agents, settings, links)
+            else:
+                path = dict(link_labels)[label]
+                links = timed(f"load {path}", setup, lambda p=path: load_links(p, system, agents))
+                solve = _looped("latent", system, agents, settings, links)
+            solvers.append(Mode(label, solve))
+    except (ValueError, LinkFileError) as err:
+        raise click.ClickException(str(err)) from None
+    write_json(out / RUN_INFO, info)
+    if remaining < len(questions) * len(labels):
+        click.echo(f"resuming: {len(done)} answers already in {out / RESULTS}", err=True)
+    bar = tqdm(total=remaining, desc="eval", unit="answer", disable=not progress, leave=False)
+    try:
+        evaluate(questions, solvers, out, lambda i, n: bar.update(1), done)
+    finally:
+        bar.close()
+        write_json(out / RUN_INFO, info)
+    rows = [r for r in read_results(out / RESULTS) if r["id"] in ids]
+    summary = summarize(rows, labels)
+    report = {
+        "pattern": system.name,
+        "models": list(models),
+        "questions": source,
+        "split": identity["split"],
+        "size": len(questions),
+        "settings": vars(settings),
+        "setup": setup,
+        "modes": summary,
+    }
+    write_json(out / "summary.json", report)
+    chart(summary, out / "eval.png", f"{system.name} on {source} ({len(questions)} questions)")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(table(summary))
+    one_time = ", ".join(f"{s['what']} {s['seconds']:.1f} s" for s in setup)
+    click.echo(f"one-time costs (not in seconds per question): {one_time}")
+    click.echo(f"wrote {out / 'summary.json'} and {out / 'eval.png'}")
+
+
+def _single(system: Pattern, agents: list[Agent], settings: Settings) -> Solver:
+    return lambda question: run_single(system, agents, question, settings)
+
+
+def _looped(
+    mode: str, system: Pattern, agents: list[Agent], settings: Settings, links: Links | None
+) -> Solver:
+    return lambda question: run(mode, system, agents, question, settings, links)
