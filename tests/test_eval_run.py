@@ -50,7 +50,9 @@ def test_always_right_scores_100_and_always_wrong_scores_0(
     modes = [Mode("right", _oracle(questions, True)), Mode("wrong", _oracle(questions, False))]
     rows = evaluate(questions, modes, tmp_path)
     assert len(rows) == 80
-    summary = {s["mode"]: s for s in summarize(read_results(tmp_path / RESULTS), ["right", "wrong"])}
+    summary = {
+        s["mode"]: s for s in summarize(read_results(tmp_path / RESULTS), ["right", "wrong"])
+    }
     assert summary["right"]["accuracy"] == 1.0 and summary["right"]["correct"] == 40
     assert summary["wrong"]["accuracy"] == 0.0
     assert summary["right"]["ci95"][0] > 0.9 and summary["wrong"]["ci95"][1] < 0.1
