@@ -14,17 +14,21 @@ RESUME_KEYS = (
     "models",
     "agents",
     "pattern",
+    "loop_pattern",
     "rounds",
     "latent_steps",
     "variant",
     "bottleneck",
     "activation",
     "data",
+    "data_size",
     "validation_fraction",
     "batch_size",
     "grad_accum",
     "seed",
     "train_inner_in_outer",
+    "scale_lr",
+    "keep_best",
 )
 
 
@@ -44,6 +48,8 @@ class TrainingState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The best links validation has seen in the current stage: {"score", "step", "links"}.
+    best: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_path(out: pathlib.Path) -> pathlib.Path:

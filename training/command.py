@@ -96,6 +96,13 @@ def one_line_errors(func: F) -> F:
     default=None,
     help="Whether stage 2 also updates inner links (default: frozen).",
 )
+@click.option(
+    "--keep-best/--keep-last",
+    "keep_best",
+    default=None,
+    help="End each stage with the links that validated best, the start included (default), "
+    "or with the last step's.",
+)
 @click.option("--precision", type=click.Choice(["auto", "no", "bf16", "fp16"]))
 @click.option("--base-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
 @click.option(

@@ -50,6 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float = 1.0
+    scale_lr: bool = True  # lr · sqrt(64 / widest hidden size), see trainer.LR_REFERENCE_HIDDEN
+    keep_best: bool = True  # end each stage with the best links validation saw (start included)
     mse_weight: float = 0.1
     train_inner_in_outer: bool = False
     init: str = "closed-form"  # "closed-form", "random", or a link file path

@@ -61,6 +61,11 @@ def _base_dtype(config: TrainConfig) -> torch.dtype:
     return torch.float32
 
 
+def scale_lr(lr: float, hidden_size: int) -> float:
+    """The configured rate is for hidden size LR_REFERENCE_HIDDEN; wider models get less."""
+    return lr * min(1.0, (LR_REFERENCE_HIDDEN / hidden_size) ** 0.5)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -70,6 +75,9 @@ def _seed_everything(seed: int) -> None:
 # Below this many backbone parameters, CPU matmuls are so small that thread hand-offs cost more
 # than they save (measured: 8x slower with 2 threads on a busy 2-core machine).
 _SMALL_BACKBONES = 20_000_000
+# Learning rates in the config are for this hidden size; wider models get rate·sqrt(64/d)
+# (SmolLM2-135M's stage 1 diverged at 9e-4 unscaled: loss 0.06 at step 1, 87.7 at step 2).
+LR_REFERENCE_HIDDEN = 64
 
 
 def _choose_threads(threads: int, backbone_params: int, device: torch.device) -> int:
@@ -112,6 +120,7 @@ class Trainer:
         )
         self._log = log
         self.result = TrainResult(self.out)
+        self._best: tuple[tuple[float, ...], int, dict[str, torch.Tensor]] | None = None
         _seed_everything(config.seed)
         self.system = config.system()
         self.system.validate()
@@ -219,10 +228,49 @@ class Trainer:
                 correct = gather_object(correct)
                 entry["accuracy"] = round(sum(correct) / max(len(correct), 1), 4)
                 entry["examples"] = len(correct)
+                entry["loss"] = round(float(module("outer", questions, answers)), 5)
         self.result.evaluations.append(entry)
         self._record(entry)
         self.log("eval " + " ".join(f"{k}={v}" for k, v in entry.items() if k != "eval"))
         return entry
+
+    # -- keep-best -----------------------------------------------------------------------------
+
+    @staticmethod
+    def score(entry: dict[str, Any], stage: str) -> tuple[float, ...]:
+        """Higher is better: mean inner cosine (stage 1); accuracy, then lower loss (stage 2)."""
+        if stage == "inner":
+            cosines = [v for k, v in entry.items() if k.startswith("cosine_")]
+            return (sum(cosines) / max(len(cosines), 1),)
+        return (entry["accuracy"], -entry["loss"])
+
+    def _remember_if_best(self, module: LatentSystem, stage: str, entry: dict[str, Any]) -> None:
+        score = self.score(entry, stage)
+        if self._best is None or score > self._best[0]:
+            state = {k: v.detach().clone() for k, v in module.links.state_dict().items()}
+            self._best = (score, entry["step"], state)
+
+    def _restore_best(self, module: LatentSystem, stage: str, last: dict[str, Any]) -> None:
+        """Training never silently leaves links worse than the best it saw, the start included."""
+        if not self.config.keep_best or self._best is None:
+            return
+        score, step, state = self._best
+        if step == last["step"]:
+            return
+        module.links.load_state_dict(state)
+        note = {"keep_best": stage, "step": step, "score": list(score), "last_step": last["step"]}
+        self._record(note)
+        what = "the start" if step == 0 else f"step {step}"
+        self.log(
+            f"{stage} links: kept {what} (validation {self.score(last, stage)} at the last step "
+            f"was worse than {score})"
+        )
+
+    def scaled_lr(self, stage: str) -> float:
+        lr = self.config.inner_lr if stage == "inner" else self.config.lr
+        if not self.config.scale_lr:
+            return lr
+        return scale_lr(lr, max(agent.backbone.hidden_size for agent in self.agents.values()))
 
     # -- one stage -----------------------------------------------------------------------------
 
@@ -233,8 +281,9 @@ class Trainer:
 
         config = self.config
         steps = config.inner_steps if stage == "inner" else config.steps
-        lr = config.inner_lr if stage == "inner" else config.lr
+        lr = self.scaled_lr(stage)
         params = self._trainable(module, stage)
+        self._best = None
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
         # Stepped by hand once per optimiser step: accelerate's wrapper would step it once per
         # process, but every process here consumes a slice of one global batch.
@@ -246,12 +295,15 @@ class Trainer:
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
             start = state.stage_step
+            if state.best:
+                best = state.best
+                self._best = (tuple(best["score"]), best["step"], dict(best["links"]))
         optimizer = self.accelerator.prepare(optimizer)
         world = self.accelerator.num_processes
         schedule = BatchSchedule(len(self.train_set), config.batch_size * world, config.seed)
         losses = self.result.inner_losses if stage == "inner" else self.result.outer_losses
         if start == 0:
-            self.evaluate(module, stage, 0)
+            self._remember_if_best(module, stage, self.evaluate(module, stage, 0))
         bar = tqdm(
             total=steps,
             initial=start,
@@ -292,11 +344,13 @@ class Trainer:
             bar.set_postfix(loss=f"{step_loss:.4f}")
             done = step + 1
             if config.eval_every and done % config.eval_every == 0 and done < steps:
-                self.evaluate(module, stage, done)
+                self._remember_if_best(module, stage, self.evaluate(module, stage, done))
             if config.save_every and done % config.save_every == 0 and done < steps:
                 self._save(state, stage, done, module, optimizer, scheduler)
         bar.close()
-        self.evaluate(module, stage, steps)
+        last = self.evaluate(module, stage, steps)
+        self._remember_if_best(module, stage, last)
+        self._restore_best(module, stage, last)
         state.completed.append(stage)
         self._save(state, "", 0, module, None, None)
 
@@ -315,6 +369,10 @@ class Trainer:
         state.optimizer = optimizer.state_dict() if optimizer is not None else {}
         state.scheduler = scheduler.state_dict() if scheduler is not None else {}
         state.history = list(self.result.evaluations)
+        state.best = {}
+        if stage and self._best is not None:
+            score, best_step, links = self._best
+            state.best = {"score": list(score), "step": best_step, "links": links}
         if self.accelerator.is_main_process:
             save_state(state, self.out)
 
