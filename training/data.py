@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
 from dataclasses import dataclass
@@ -26,43 +25,17 @@ def builtin_path() -> pathlib.Path:
     return pathlib.Path(str(resources.files("mlcpatch.training") / "data" / BUILTIN_NAME))
 
 
-def _field(record: dict[str, object], name: str, where: str) -> str:
-    if name not in record:
-        raise DataError(f"{where}: missing field {name!r}")
-    value = record[name]
-    # Numeric answers are common in JSONL exports (GSM8K-style); keep them as text.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text:
-        raise DataError(f"{where}: field {name!r} is empty")
-    return text
-
-
 def load_jsonl(path: pathlib.Path | str) -> list[Example]:
-    """Read {"question", "answer"} objects, one per line; blank lines and extra fields are fine."""
-    path = pathlib.Path(path)
+    """Question/answer lines in `mlcpatch eval`'s JSONL format (`question`, `answer`, optional
+    `choices`, `id`, `grader`); a question with choices is asked, and answered, as eval asks it
+    (lettered choices, the letter as the answer)."""
+    from mlcpatch.eval.questions import QuestionSetError, read_jsonl
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: no such file") from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from err
-    examples: list[Example] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        examples.append(Example(_field(record, "question", where), _field(record, "answer", where)))
-    if not examples:
-        raise DataError(f"{path}: no examples")
-    return examples
+        questions = read_jsonl(pathlib.Path(path))
+    except QuestionSetError as err:
+        raise DataError(str(err)) from None
+    return [Example(q.prompt(), q.answer) for q in questions]
 
 
 def load_builtin() -> list[Example]:

@@ -24,9 +24,10 @@ from mlcpatch.eval.runner import (
     write_json,
 )
 from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
+from mlcpatch.loop.command import _agents, models_option, pattern_option
 from mlcpatch.loop.linkfile import load_links
 from mlcpatch.loop.orchestrator import Agent, Links, Settings, run, run_single
-from mlcpatch.loop.patterns import Pattern, builtin_patterns
+from mlcpatch.loop.patterns import Pattern
 from mlcpatch.training.linkfile import LinkFileError
 
 BASE_MODES = ("single", "text", "latent")
@@ -54,21 +55,8 @@ def links_label(path: Path, taken: set[str]) -> str:
 
 
 @click.command("eval")
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    required=True,
-    metavar="FOLDER",
-    help="Artifact folder (compiled CPU runtime) or Hugging Face folder (PyTorch). "
-    "Once for all agents, or once per agent in pattern order.",
-)
-@click.option(
-    "--pattern",
-    default="sequential",
-    show_default=True,
-    help=f"Built-in pattern ({', '.join(builtin_patterns())}) or a pattern .toml file.",
-)
+@models_option
+@pattern_option
 @click.option(
     "--questions",
     "source",
@@ -181,8 +169,6 @@ def eval_command(
     Example:
       mlcpatch eval --model artifacts/smollm2-135m --questions arithmetic --size 200
     """
-    from mlcpatch.loop.command import _agents
-
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in BASE_MODES]
     if unknown or not (wanted or link_files):

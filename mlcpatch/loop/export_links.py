@@ -25,11 +25,11 @@ from mlcpatch.training.linkfile import LinkFileError
 
 
 def save_fitted_links(
-    pattern: Pattern, agents: list[Agent], path: str | pathlib.Path
+    pattern: Pattern, agents: list[Agent], path: str | pathlib.Path, variant: str = "residual"
 ) -> tuple[pathlib.Path, Links]:
     """Fit the closed-form links, write them to `path` (a folder or links.json: links.json +
     links.safetensors; a .safetensors; a recursivelink .json) and return them ready to run."""
-    link_file = closed_form_link_file(pattern, agents)
+    link_file = closed_form_link_file(pattern, agents, variant)
     written = save_links(link_file, pathlib.Path(path))
     return written, links_from_file(link_file, pattern, agents, str(written))
 
