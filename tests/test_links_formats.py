@@ -92,6 +92,21 @@ def test_lone_safetensors_carries_its_manifest(tmp_path: pathlib.Path) -> None:
     assert loaded.links == link_file.links
 
 
+def test_binary_files_are_readable_by_others_and_written_whole(tmp_path: pathlib.Path) -> None:
+    import os
+
+    link_file = random_link_set("residual").to_file()
+    old = os.umask(0o022)
+    try:
+        write_binary(link_file, tmp_path / "links")
+    finally:
+        os.umask(old)
+    names = sorted(p.name for p in (tmp_path / "links").iterdir())
+    assert names == ["links.json", "links.safetensors"]  # no temporary file left behind
+    for name in names:
+        assert (tmp_path / "links" / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_inner_links_omit_w3_and_keep_old_top_level(tmp_path: pathlib.Path) -> None:
     write_json(random_link_set("residual").to_file(), tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())

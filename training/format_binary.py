@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import struct
 from typing import Any
@@ -51,9 +52,23 @@ def write_binary(link_file: LinkFile, path: pathlib.Path, dtype: str = "f32") ->
         key: np.ascontiguousarray(value, dtype=_DTYPES[dtype])
         for key, value in link_file.tensors.items()
     }
-    # The manifest also rides inside the safetensors header, so a lone weights file still loads.
-    save_file(tensors, str(weights_path), metadata={_METADATA_KEY: json.dumps(manifest)})
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    # Both files are written under temporary names and renamed into place, so a stopped write
+    # never leaves half a link file. safetensors creates files private (0600); a link file is
+    # meant to be served and published, so it gets the mode the umask gives any new file.
+    tmp_weights = weights_path.with_name(f".{weights_path.name}.tmp")
+    tmp_manifest = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    try:
+        # The manifest also rides inside the safetensors header, so a lone weights file loads.
+        save_file(tensors, str(tmp_weights), metadata={_METADATA_KEY: json.dumps(manifest)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_weights, 0o666 & ~umask)
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp_weights.replace(weights_path)
+        tmp_manifest.replace(manifest_path)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
     return manifest_path
 
 
