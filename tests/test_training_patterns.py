@@ -158,3 +158,16 @@ def test_learning_rates_shrink_with_the_hidden_size(
     assert trainer.scaled_lr("outer") == pytest.approx(1e-3)  # hidden 64 is the reference
     assert scale_lr(9e-4, 576) == pytest.approx(3e-4)  # SmolLM2-135M: a third
     assert scale_lr(1e-3, 32) == 1e-3  # narrower models keep the configured rate
+
+
+def test_the_demo_links_fit_the_sequential_pattern_and_smollm2() -> None:
+    """The shipped links (`make demo`) name the loop's agents and SmolLM2-135M's width."""
+    folder = pathlib.Path(__file__).parents[1] / "training" / "links" / "smollm2-135m-sequential"
+    link_file = load_links(folder)
+    loop = load_pattern("sequential")
+    link_file.check_models({a.name: 576 for a in loop.agents}, str(folder))
+    outer = {(s.source, s.target) for s in link_file.links if s.kind == "outer"}
+    assert outer == set(loop.handoffs())
+    config = json.loads((folder / "train_config.json").read_text())
+    assert (config["loop_pattern"], config["models"]) == ("sequential", ["pypi:smollm2-135m"])
+    assert config["data"] == "arithmetic"  # its train split: the results table uses eval
