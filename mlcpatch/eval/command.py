@@ -33,8 +33,17 @@ from mlcpatch.training.linkfile import LinkFileError
 BASE_MODES = ("single", "text", "latent")
 
 
+LINK_FILE_NAMES = ("links.json", "links.safetensors", "recursivelink.json")
+
+
 def _file_digest(path: Path) -> str:
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    """A short hash of a link file's contents (a folder: its link files only, not checkpoints
+    or logs), so a resumed run notices when a label now names other links."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() or path.name == "links.json":
+        files = [folder / n for n in LINK_FILE_NAMES if (folder / n).is_file()]
+    else:
+        files = [path]
     digest = hashlib.sha256()
     for item in files:
         digest.update(item.name.encode() + b"\0" + item.read_bytes())
@@ -188,7 +197,7 @@ def eval_command(
         "models": list(models),
         "pattern": pattern,
         "questions": source,
-        "split": split if not source.endswith(".jsonl") else None,
+        "split": None if source.endswith(".jsonl") or Path(source).is_file() else split,
         "size": len(questions),
         "seed": seed,
         "settings": vars(settings),
