@@ -82,7 +82,7 @@ def test_unknown_set_and_bad_arguments() -> None:
 def test_a_generator_with_few_distinct_items_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlcpatch.eval import questions
 
-    tiny = questions.BuiltinSet("tiny", "three questions", lambda i: (f"q{i % 3}?", "1", ()))
+    tiny = questions.BuiltinSet("tiny", "three questions", lambda i: (f"q{i % 3}?", "1", (), "1"))
     monkeypatch.setitem(questions.BUILTIN_SETS, "tiny", tiny)
     found = len({q for q in ("q0?", "q1?", "q2?") if questions.split_of(q) == "train"})
     with pytest.raises(QuestionSetError, match=f"only {found} distinct train questions"):
@@ -114,6 +114,34 @@ def test_jsonl_files_with_numbers_choices_and_text(tmp_path: pathlib.Path) -> No
         ("qs-5", "B", "choice"),
     ]
     assert load_questions(str(path), size=2) == questions[:2]
+
+
+def test_jsonl_solutions_are_read_and_must_reach_the_answer(tmp_path: pathlib.Path) -> None:
+    good = {"question": "3+4?", "answer": "7", "solution": "3 + 4 = 7"}
+    (question,) = read_jsonl(_write(tmp_path, [good]))
+    assert question.solution == "3 + 4 = 7"
+    assert question.to_json()["solution"] == "3 + 4 = 7"
+    with pytest.raises(QuestionSetError, match=r"qs.jsonl:1: the solution does not end in"):
+        read_jsonl(_write(tmp_path, [{**good, "solution": "3 + 4 = 8"}]))
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_SETS))
+def test_builtin_solutions_reach_the_gold_answer(name: str) -> None:
+    from mlcpatch.eval.grading import grade
+
+    for q in builtin_questions(name, "train", 60):
+        assert q.solution and q.solution != q.answer
+        assert grade(q.grader, q.solution, q.answer, list(q.choices)), (q.solution, q.answer)
+        if name in ("arithmetic", "choice"):
+            # each step of the running total is right, by our own arithmetic
+            numbers = [int(n) for n in re.findall(r"-?\d+", q.solution.split(",")[0])]
+            total = numbers[0]
+            steps = re.findall(r"([-+]) (\d+) = (-?\d+)", q.solution)
+            assert steps
+            for op, value, shown in steps:
+                total = total + int(value) if op == "+" else total - int(value)
+                assert total == int(shown), q.solution
+            assert total == _chain_value(q.question)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,21 @@ def test_jsonl_reads_questions_answers_and_ignores_extras(tmp_path: pathlib.Path
     assert [(e.question, e.answer) for e in examples] == [("1+1?", "2"), (pick, "B")]
 
 
+def test_the_target_is_the_worked_solution_when_asked_and_present(tmp_path: pathlib.Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            json.dumps({"question": "3+4?", "answer": "7", "solution": "3 + 4 = 7"}),
+            json.dumps({"question": "5+4?", "answer": "9"}),
+        ],
+    )
+    worked, bare = load_jsonl(path)
+    assert worked.target("solution") == "3 + 4 = 7" and worked.target("answer") == "7"
+    assert bare.target("solution") == "9"  # no solution: the answer is all there is to learn
+    with pytest.raises(ConfigError, match="target 'essay' is not one of"):
+        build_config({"target": "essay"})
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

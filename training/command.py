@@ -79,6 +79,13 @@ def one_line_errors(func: F) -> F:
     "choice: its train split, never the eval split).",
 )
 @click.option("--data-size", type=int, help="Questions drawn from a built-in set (default 2000).")
+@click.option(
+    "--target",
+    type=click.Choice(["solution", "answer"]),
+    help="What the last agent learns to write: each item's worked solution where the data has "
+    "one (default; built-in sets do, JSONL files may give a 'solution' field), or the bare answer.",
+)
+@click.option("--max-new-tokens", type=int, help="Answer budget when validating (default 12).")
 @click.option("--rounds", type=int, help="Rounds R of the whole pattern (default 2).")
 @click.option("--latent-steps", type=int, help="Latent steps m per agent turn (default 4).")
 @click.option("--variant", type=click.Choice(["residual", "ln-residual"]))

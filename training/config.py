@@ -17,6 +17,7 @@ from mlcpatch.training.system import (
 from mlcpatch.training.tiny import TINY_MODELS
 
 STAGES = ("inner", "outer", "both")
+TARGETS = ("solution", "answer")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
@@ -39,6 +40,9 @@ class TrainConfig:
     activation: str = "gelu"
     data: str | None = None  # JSONL file, or a built-in question set (its train split)
     data_size: int = 2000  # questions drawn from a built-in set
+    # What the final agent learns to write: "solution" (the item's worked answer, when the data
+    # has one; the bare answer otherwise) or "answer" (always the bare answer).
+    target: str = "solution"
     validation_fraction: float = 0.125
     stage: str = "both"
     inner_steps: int = 100
@@ -136,6 +140,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage {self.stage!r} is not one of {STAGES}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target {self.target!r} is not one of {TARGETS}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.base_dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -15,7 +15,13 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Example:
     question: str
-    answer: str
+    answer: str  # what grading compares with
+    solution: str = ""  # a worked answer ending in `answer`, when the data has one
+
+    def target(self, kind: str) -> str:
+        """The text the final agent is trained to write: the worked solution when asked for and
+        present, else the bare answer."""
+        return self.solution if kind == "solution" and self.solution else self.answer
 
 
 BUILTIN_NAME = "sample.jsonl"
@@ -27,15 +33,15 @@ def builtin_path() -> pathlib.Path:
 
 def load_jsonl(path: pathlib.Path | str) -> list[Example]:
     """Question/answer lines in `mlcpatch eval`'s JSONL format (`question`, `answer`, optional
-    `choices`, `id`, `grader`); a question with choices is asked, and answered, as eval asks it
-    (lettered choices, the letter as the answer)."""
+    `choices`, `id`, `grader`, `solution`); a question with choices is asked, and answered, as
+    eval asks it (lettered choices, the letter as the answer)."""
     from mlcpatch.eval.questions import QuestionSetError, read_jsonl
 
     try:
         questions = read_jsonl(pathlib.Path(path))
     except QuestionSetError as err:
         raise DataError(str(err)) from None
-    return [Example(q.prompt(), q.answer) for q in questions]
+    return [Example(q.prompt(), q.answer, q.solution) for q in questions]
 
 
 def load_builtin() -> list[Example]:

@@ -98,7 +98,7 @@ def _load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
             questions = builtin_questions(config.data, "train", config.data_size, config.seed)
         except QuestionSetError as err:
             raise DataError(str(err)) from None
-        examples = [Example(q.prompt(), q.answer) for q in questions]
+        examples = [Example(q.prompt(), q.answer, q.solution) for q in questions]
     else:
         examples = load_jsonl(config.data) if config.data else load_builtin()
     return split_examples(examples, config.validation_fraction, config.seed)
@@ -164,7 +164,9 @@ class Trainer:
     def _texts_by_agent(self) -> dict[str, list[str]]:
         return {
             name: [
-                training_text(agent.backbone.tokenizer, agent.role, e.question, e.answer)
+                training_text(
+                    agent.backbone.tokenizer, agent.role, e.question, e.target(self.config.target)
+                )
                 for e in self.train_set
             ]
             for name, agent in self.agents.items()
@@ -207,7 +209,7 @@ class Trainer:
     def evaluate(self, module: LatentSystem, stage: str, step: int) -> dict[str, Any]:
         split, examples = self._eval_examples()
         questions = [e.question for e in examples]
-        answers = [e.answer for e in examples]
+        answers = [e.target(self.config.target) for e in examples]
         entry: dict[str, Any] = {"eval": stage, "step": step, "split": split}
         with torch.no_grad(), self.accelerator.autocast():
             if stage == "inner":
@@ -320,7 +322,9 @@ class Trainer:
                 with self.accelerator.accumulate(prepared):
                     with self.accelerator.autocast():
                         loss = prepared(
-                            stage, [e.question for e in batch], [e.answer for e in batch]
+                            stage,
+                            [e.question for e in batch],
+                            [e.target(config.target) for e in batch],
                         )
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and config.grad_clip > 0:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlcpatch.eval.grading import GRADERS, extract_number, infer_grader
+from mlcpatch.eval.grading import GRADERS, extract_number, grade, infer_grader
 from mlcpatch.loop.tools import CalculatorError, calculate
 
 SPLITS = ("train", "eval")
@@ -39,6 +39,7 @@ class Question:
     grader: str
     choices: tuple[str, ...] = ()
     source: str = ""
+    solution: str = ""  # a worked answer ending in the gold answer; what training can imitate
 
     def prompt(self) -> str:
         """What the agents are asked: the question, and its choices as lettered lines."""
@@ -52,6 +53,8 @@ class Question:
         if self.choices:
             data["choices"] = list(self.choices)
         data["grader"] = self.grader
+        if self.solution:
+            data["solution"] = self.solution
         return data
 
 
@@ -61,9 +64,9 @@ def split_of(text: str) -> str:
     return "eval" if digest[0] % EVAL_SHARE == 0 else "train"
 
 
-# -- built-in generators: each yields (question, answer, choices) for index i, or None -----------
+# -- built-in generators: each yields (question, answer, choices, solution) for index i, or None -
 
-Item = tuple[str, str, tuple[str, ...]] | None
+Item = tuple[str, str, tuple[str, ...], str] | None
 
 
 def _calc(expression: str) -> float | None:
@@ -82,7 +85,29 @@ def _arithmetic(index: int) -> Item:
     value = _calc(entry["metadata"]["expression"])
     if value is None or str(int(value)) != entry["answer"]:
         return None
-    return entry["question"], entry["answer"], ()
+    solution = running_total(entry["metadata"]["expression"])
+    if solution is None or extract_number(solution) != extract_number(entry["answer"]):
+        return None
+    return entry["question"], entry["answer"], (), solution
+
+
+def running_total(expression: str) -> str | None:
+    """'98 + 93 - 77' -> '98 + 93 = 191 - 77 = 114': one operation at a time, short enough for
+    a small answer budget (the spelled-out 'a = b, b - c = d' form needs a quarter more tokens)."""
+    parts = expression.split()
+    if len(parts) < 3 or len(parts) % 2 == 0:
+        return None
+    try:
+        total = int(parts[0])
+        text = parts[0]
+        for op, number in zip(parts[1::2], parts[2::2], strict=True):
+            if op not in "+-" or len(op) != 1:
+                return None
+            total = total + int(number) if op == "+" else total - int(number)
+            text += f" {op} {number} = {total}"
+    except ValueError:
+        return None
+    return text
 
 
 _EQUATION = re.compile(
@@ -102,7 +127,10 @@ def _gsm(index: int) -> Item:
         value = _calc(left.replace("×", "*").replace("÷", "/").replace("x", "*"))
         if value is None or abs(value - float(right)) > 1e-6 * max(1.0, abs(value)):
             return None
-    return entry["question"], entry["answer"], ()
+    steps = "\n".join(line.strip() for line in cot.split("####")[0].splitlines() if line.strip())
+    answer = entry["answer"]
+    solution = f"{steps.rstrip('.')}.\nThe answer is {answer}." if steps else answer
+    return entry["question"], answer, (), solution
 
 
 # Our own count, to check the generator's: legs per animal, as biology has them.
@@ -129,7 +157,10 @@ def _legs(index: int) -> Item:
     if sum(LEGS[a] * n for a, n in animals.items()) != int(entry["answer"]):
         return None
     question = entry["question"].split("\n\n")[-1].strip()
-    return question[0].upper() + question[1:], entry["answer"], ()
+    counts = [f"{n} {a}: {n} × {LEGS[a]} = {n * LEGS[a]}" for a, n in animals.items()]
+    total = " + ".join(str(n * LEGS[a]) for a, n in animals.items())
+    solution = f"{'; '.join(counts)}. Total: {total} = {entry['answer']}"
+    return question[0].upper() + question[1:], entry["answer"], (), solution
 
 
 def _choice(index: int) -> Item:
@@ -137,7 +168,7 @@ def _choice(index: int) -> Item:
     item = _arithmetic(index)
     if item is None:
         return None
-    question, answer, _ = item
+    question, answer, _, worked = item
     right = int(answer)
     rng = random.Random(f"choice-{index}")
     wrong: set[int] = set()
@@ -153,6 +184,7 @@ def _choice(index: int) -> Item:
         f"Which is the value of {text.strip().rstrip('=').strip()}?",
         letter,
         tuple(str(o) for o in options),
+        f"{worked}, so the answer is {letter}.",
     )
 
 
@@ -197,14 +229,15 @@ def builtin_questions(name: str, split: str, size: int, seed: int = 0) -> list[Q
         item = maker(index)
         if item is None:
             continue
-        question, answer, choices = item
+        question, answer, choices, solution = item
         key = " ".join(question.split())  # choices aside: the question itself must not leak
         if key in seen or split_of(key) != split:
             continue
         seen.add(key)
         last_new = index
         grader = "choice" if choices else infer_grader(answer, None)
-        found.append(Question(f"{name}-{split}-{index}", question, answer, grader, choices, name))
+        qid = f"{name}-{split}-{index}"
+        found.append(Question(qid, question, answer, grader, choices, name, solution))
         if len(found) == size:
             return found
     raise QuestionSetError(
@@ -232,7 +265,7 @@ def _text(record: dict, key: str, where: str, required: bool = True) -> str | No
 
 
 def read_jsonl(path: Path) -> list[Question]:
-    """{"question", "answer", optional "choices" (list), "id", "grader"} per line."""
+    """{"question", "answer", optional "choices" (list), "id", "grader", "solution"} per line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -277,7 +310,13 @@ def read_jsonl(path: Path) -> list[Question]:
         if qid in ids:
             raise QuestionSetError(f"{where}: id {qid!r} appears twice")
         ids.add(qid)
-        questions.append(Question(qid, question, answer, grader, choices, str(path)))  # type: ignore[arg-type]
+        solution = _text(record, "solution", where, required=False) or ""
+        if solution and not grade(grader, solution, answer, list(choices)):  # type: ignore[arg-type]
+            raise QuestionSetError(
+                f"{where}: the solution does not end in the answer {answer!r} "
+                f"(graded {grader}); training would teach a wrong answer"
+            )
+        questions.append(Question(qid, question, answer, grader, choices, str(path), solution))  # type: ignore[arg-type]
     if not questions:
         raise QuestionSetError(f"{path}: no questions")
     return questions
