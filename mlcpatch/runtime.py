@@ -9,15 +9,23 @@ exactly like ``prefill``), and ``reset`` starts a fresh one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 from typing import Any
 
 import numpy as np
 
+from mlcpatch.manifest import (
+    MANIFEST,
+    ManifestError,
+    entry_problem,
+    inside,
+    read_manifest,
+    require_listed,
+)
+
 CHAT_CONFIG = "mlc-chat-config.json"
-MANIFEST = "manifest.json"
+TENSOR_CACHE = "tensor-cache.json"
 PAGE_SIZE = 16
 _SEQ_ID = 0
 
@@ -34,46 +42,45 @@ class GenerationResult:
     stopped_by: str  # "stop token" or "max_new_tokens"
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_json(path: pathlib.Path) -> Any:
     if not path.is_file():
         raise ArtifactError(f"{path.parent}: missing {path.name} (not an artifact folder?)")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
 
 
 def verify_artifact(folder: pathlib.Path, manifest: dict[str, Any]) -> None:
     """Check every file the manifest lists against its size and sha256."""
-    for rel, info in manifest.get("files", {}).items():
-        path = folder / rel
-        if not path.is_file():
-            raise ArtifactError(f"{folder}: {rel} is missing (listed in manifest.json)")
-        if path.stat().st_size != info["size"]:
+    for rel, info in manifest["files"].items():
+        problem = entry_problem(folder, rel, info)
+        if problem:
             raise ArtifactError(
-                f"{path}: size {path.stat().st_size} differs from manifest.json ({info['size']}); "
-                "the artifact is corrupted: rebuild it"
-            )
-        if _sha256(path) != info["sha256"]:
-            raise ArtifactError(
-                f"{path}: sha256 mismatch with manifest.json; the artifact is corrupted: rebuild it"
+                f"{folder}: {problem} (manifest.json); the artifact is corrupted: rebuild it"
             )
 
 
-def _load_params(folder: pathlib.Path, names: list[str], device: Any) -> list[Any]:
+def _shards(folder: pathlib.Path, cache: Any) -> list[dict[str, Any]]:
+    """tensor-cache.json's shard records, each with a `dataPath` inside the folder."""
+    records = cache.get("records") if isinstance(cache, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ArtifactError(f"{folder}/tensor-cache.json: no list of shard records")
+    for shard in records:
+        try:
+            inside(folder, shard.get("dataPath"), "weight shard")
+        except ManifestError as err:
+            raise ArtifactError(str(err)) from None
+    return records
+
+
+def _load_params(
+    folder: pathlib.Path, shards: list[dict[str, Any]], names: list[str], device: Any
+) -> list[Any]:
     import tvm
 
-    cache = _read_json(folder / "tensor-cache.json")
     arrays: dict[str, Any] = {}
-    for shard in cache["records"]:
+    for shard in shards:
         raw = (folder / shard["dataPath"]).read_bytes()
         if len(raw) != shard["nbytes"]:
             raise ArtifactError(f"{folder / shard['dataPath']}: truncated shard")
@@ -124,18 +131,31 @@ class Runtime:
         self.folder = pathlib.Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError(f"{self.folder}: no such artifact folder")
-        self.manifest = _read_json(self.folder / MANIFEST)
+        try:
+            self.manifest = read_manifest(self.folder)
+        except ManifestError as err:
+            raise ArtifactError(str(err)) from None
         self.config = _read_json(self.folder / CHAT_CONFIG)
-        if verify:
-            verify_artifact(self.folder, self.manifest)
-        lib_name = self.config["model_lib"].get("llvm")
+        lib_name = (self.config.get("model_lib") or {}).get("llvm")
         if lib_name is None:
             raise ArtifactError(f"{self.folder}: no CPU (llvm) library in this artifact")
+        shards = _shards(self.folder, _read_json(self.folder / TENSOR_CACHE))
+        try:
+            # Everything opened below is named by the folder's own files: keep each inside it,
+            # and listed, so the hashes cover all of it (the library is native code).
+            lib_path = inside(self.folder, lib_name, "library")
+            needed = [CHAT_CONFIG, TENSOR_CACHE, lib_name, *(s["dataPath"] for s in shards)]
+            require_listed(self.folder, self.manifest, needed)
+        except ManifestError as err:
+            raise ArtifactError(str(err)) from None
+        if verify:
+            verify_artifact(self.folder, self.manifest)
+        param_names = self.manifest.get("param_names")
+        if not isinstance(param_names, list) or not param_names:
+            raise ArtifactError(f"{self.folder}/{MANIFEST}: no param_names list")
         self.device = tvm.cpu()
-        self._vm = relax.VirtualMachine(
-            tvm.runtime.load_module(str(self.folder / lib_name)), self.device
-        )
-        self._params = _load_params(self.folder, self.manifest["param_names"], self.device)
+        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+        self._params = _load_params(self.folder, shards, param_names, self.device)
         model_config = self.config["model_config"]
         self.dtype: str = model_config["dtype"]
         self.hidden_size: int = int(model_config["hidden_size"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 from collections.abc import Callable
 
@@ -173,12 +174,12 @@ def test_truncated_shard_is_detected_on_load(
     artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
     shard = artifact / "params_shard_0.bin"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(ArtifactError, match="differs from manifest.json"):
+    with pytest.raises(ArtifactError, match=r"params_shard_0.bin: \d+ bytes, manifest says"):
         Runtime(artifact)
 
 
 def test_not_an_artifact_folder(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ArtifactError, match="missing manifest.json"):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
         Runtime(tmp_path)
 
 
@@ -283,3 +284,82 @@ def test_tvm_compile_failure_names_target_and_attention_shape(
     assert "Traceback" not in result.output
     _assert_nothing_written(tmp_path, out)
     assert not (tmp_path / "cache" / "compile-webgpu").exists()
+
+
+def _edit_json(path: pathlib.Path, change: Callable[[dict], object]) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _relist(artifact: pathlib.Path, name: str) -> None:
+    """Keep the manifest's entry for an edited file right, so only the edit is wrong."""
+    import hashlib
+
+    body = (artifact / name).read_bytes()
+    entry = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    _edit_json(artifact / "manifest.json", lambda m: m["files"].__setitem__(name, entry))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("files"), 'no "files" table'),
+        (lambda m: m.__setitem__("files", {}), 'no "files" table'),
+        (lambda m: m.__setitem__("files", ["params_shard_0.bin"]), 'no "files" table'),
+        (lambda m: m["files"].pop("params_shard_0.bin"), "does not list params_shard_0.bin"),
+        (lambda m: m["files"].pop("tensor-cache.json"), "does not list tensor-cache.json"),
+        (lambda m: m["files"].__setitem__("../x", {"size": 1, "sha256": "0" * 64}), "'../x'"),
+        (lambda m: m["files"].__setitem__("a", {"size": "1", "sha256": "0" * 64}), "integer size"),
+    ],
+)
+def test_a_manifest_that_covers_too_little_is_refused(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path, change: Callable, message: str
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    _edit_json(artifact / "manifest.json", change)
+    for verify in (True, False):  # skipping the hashes never skips the structure
+        with pytest.raises(ArtifactError, match=re.escape(message)):
+            Runtime(artifact, verify=verify)
+    result = CliRunner().invoke(main, ["generate", str(artifact), "--prompt", "hi"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_a_library_without_a_manifest_entry_is_refused(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    library = json.loads((artifact / "mlc-chat-config.json").read_text())["model_lib"]["llvm"]
+    _edit_json(artifact / "manifest.json", lambda m: m["files"].pop(library))
+    with pytest.raises(ArtifactError, match=f"does not list {re.escape(library)}"):
+        Runtime(artifact)
+
+
+@pytest.mark.parametrize("where", ["library", "shard"])
+@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.bin", "sub/../../outside.bin"])
+def test_paths_that_leave_the_folder_are_refused(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path, where: str, name: str
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    (tmp_path / "outside.bin").write_bytes(b"not yours")
+    if where == "library":
+        target = "mlc-chat-config.json"
+        _edit_json(artifact / target, lambda c: c["model_lib"].__setitem__("llvm", name))
+    else:
+        target = "tensor-cache.json"
+        _edit_json(artifact / target, lambda c: c["records"][0].__setitem__("dataPath", name))
+    _relist(artifact, target)
+    with pytest.raises(ArtifactError, match="not a relative path inside the folder"):
+        Runtime(artifact, verify=False)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    artifact = pathlib.Path(shutil.copytree(built("qwen2-untied"), tmp_path / "art"))
+    shard = artifact / "params_shard_0.bin"
+    outside = tmp_path / "elsewhere.bin"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    with pytest.raises(ArtifactError, match="leads outside the folder"):
+        Runtime(artifact, verify=False)
