@@ -297,3 +297,175 @@ def test_link_file_validate_rejects_duplicates() -> None:
     tensors = {f"inner_a.{k}": np.zeros(s, np.float32) for k, s in spec.param_shapes().items()}
     with pytest.raises(LinkFileError, match=r"link 'inner_a' is listed twice"):
         LinkFile([], [spec, spec], tensors).validate("x")
+
+
+# -- hostile files: one-line errors from `mlcpatch links convert` -------------------------------
+
+
+def _convert_error(source: pathlib.Path, target: pathlib.Path) -> str:
+    """Run the real CLI; the run must fail with exactly one 'Error: ...' line, no traceback."""
+    from mlcpatch.cli import main
+
+    result = CliRunner().invoke(main, ["links", "convert", str(source), str(target)])
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def _set_safetensors_header(path: pathlib.Path, change) -> None:  # type: ignore[no-untyped-def]
+    import struct
+
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    change(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size :])
+
+
+def _hostile(tmp_path: pathlib.Path, case: str) -> tuple[pathlib.Path, pathlib.Path, str]:
+    """(path to convert, file the error must name, text the error must contain)."""
+    folder = tmp_path / "l"
+    write_binary(random_link_set("residual").to_file(), folder)
+    manifest_path, weights = folder / "links.json", folder / "links.safetensors"
+    manifest = json.loads(manifest_path.read_text())
+    if case == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+        return folder, weights, "(truncated?)"
+    if case == "hidden_size_abc":
+        manifest["agents"][1]["hidden_size"] = "abc"
+        manifest_path.write_text(json.dumps(manifest))
+        return folder, manifest_path, "agents[1]: hidden_size 'abc' is not a positive integer"
+    if case == "deep_json":
+        deep = tmp_path / "deep.json"
+        deep.write_text("[" * 100_000 + "]" * 100_000)
+        return deep, deep, "not valid JSON (nested too deeply)"
+    if case == "deep_manifest":
+        manifest_path.write_text('{"format": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        return folder, manifest_path, "not valid JSON (nested too deeply)"
+    if case == "metadata_list":
+        manifest_path.unlink()
+        _set_safetensors_header(weights, lambda h: h.update({"__metadata__": ["x"]}))
+        return weights, weights, "'__metadata__' is not a JSON object"
+    if case == "bad_embedded_manifest":
+        manifest_path.unlink()
+        _set_safetensors_header(
+            weights, lambda h: h.update({"__metadata__": {"links_manifest": "{nope"}})
+        )
+        return weights, weights, "embedded manifest: not valid JSON"
+    if case == "bad_embedded_agents":
+        manifest_path.unlink()
+        embedded = dict(manifest, agents=[{"name": "a", "hidden_size": [32]}])
+        _set_safetensors_header(
+            weights, lambda h: h.update({"__metadata__": {"links_manifest": json.dumps(embedded)}})
+        )
+        return weights, weights, "hidden_size [32] is not a positive integer"
+    outside = tmp_path / "elsewhere"
+    write_binary(random_link_set("residual").to_file(), outside)
+    if case == "absolute_weights":
+        manifest["weights"] = str(outside / "links.safetensors")
+        message = "must be a relative path inside the manifest's folder"
+    elif case == "escaping_weights":
+        manifest["weights"] = "../elsewhere/links.safetensors"
+        message = "must be a relative path inside the manifest's folder"
+    else:
+        assert case == "symlinked_weights"
+        (folder / "w.safetensors").symlink_to(outside / "links.safetensors")
+        manifest["weights"] = "w.safetensors"
+        message = "leads outside the manifest's folder"
+    manifest_path.write_text(json.dumps(manifest))
+    return folder, manifest_path, message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated",
+        "hidden_size_abc",
+        "deep_json",
+        "deep_manifest",
+        "metadata_list",
+        "bad_embedded_manifest",
+        "bad_embedded_agents",
+        "absolute_weights",
+        "escaping_weights",
+        "symlinked_weights",
+    ],
+)
+def test_hostile_link_files_give_one_line_errors(tmp_path: pathlib.Path, case: str) -> None:
+    source, named, message = _hostile(tmp_path, case)
+    line = _convert_error(source, tmp_path / "out.json")
+    assert f"Error: {named}" in line and message in line, line
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_weights_in_a_subfolder_are_allowed(tmp_path: pathlib.Path) -> None:
+    folder = tmp_path / "l"
+    link_file = random_link_set("residual").to_file()
+    write_binary(link_file, folder)
+    (folder / "sub").mkdir()
+    (folder / "links.safetensors").rename(folder / "sub" / "w.safetensors")
+    manifest = json.loads((folder / "links.json").read_text())
+    manifest["weights"] = "sub/w.safetensors"
+    (folder / "links.json").write_text(json.dumps(manifest))
+    assert load_links(folder).links == link_file.links
+
+
+def test_header_length_over_the_cap_is_refused_without_reading_the_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import struct
+
+    from mlcpatch.training.format_binary import MAX_HEADER_BYTES
+
+    def no_whole_file_reads(self: pathlib.Path) -> bytes:
+        raise AssertionError(f"read the whole of {self}")
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", no_whole_file_reads)
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    line = _convert_error(tiny, tmp_path / "out.json")
+    assert f"{tiny}: header length 1000000000000 runs past the end of the file" in line, line
+    # A (sparse) file big enough to hold a header over the cap: refused from the length alone.
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:
+        f.write(struct.pack("<Q", MAX_HEADER_BYTES + 1))
+        f.truncate(MAX_HEADER_BYTES + 64)
+    line = _convert_error(big, tmp_path / "out.json")
+    assert (
+        f"{big}: safetensors header length {MAX_HEADER_BYTES + 1} is over the "
+        f"{MAX_HEADER_BYTES} byte limit" in line
+    ), line
+
+
+def test_convert_to_an_unwritable_target_is_one_line(tmp_path: pathlib.Path) -> None:
+    write_json(random_link_set("residual").to_file(), tmp_path / "r.json")
+    (tmp_path / "file").write_text("x")
+    line = _convert_error(tmp_path / "r.json", tmp_path / "file" / "out")
+    assert str(tmp_path / "file") in line
+
+
+def test_publish_refuses_hostile_safetensors_headers(tmp_path: pathlib.Path) -> None:
+    import struct
+
+    from mlcpatch.publish.errors import ArtifactError
+    from mlcpatch.publish.links import collect_links
+
+    for name, header in (
+        ("list", b"[1, 2]"),
+        ("deep", b"[" * 100_000 + b"]" * 100_000),
+        ("offsets", b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}'),
+    ):
+        path = tmp_path / name / "links.safetensors"
+        path.parent.mkdir()
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+        with pytest.raises(ArtifactError, match="not a safetensors file|lies outside the file"):
+            collect_links([path])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match=r"nested too deeply"):
+        collect_links([deep])

@@ -196,7 +196,11 @@ def links_convert_command(
     """Convert SOURCE to TARGET, validating every name and shape on the way."""
     from mlcpatch.training.link_io import convert_links
 
-    written = convert_links(source, target, fmt=fmt, dtype=dtype)
+    try:
+        written = convert_links(source, target, fmt=fmt, dtype=dtype)
+    except OSError as err:
+        # Readers report their own files; what is left is the target that cannot be written.
+        raise click.ClickException(f"{err.filename or target}: {err.strerror or err}") from err
     click.echo(f"wrote {written}")
 
 

@@ -9,9 +9,16 @@ import struct
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.training.linkfile import (
+    AgentInfo,
+    LinkFile,
+    LinkFileError,
+    parse_json,
+    read_json_file,
+)
 from mlcpatch.training.spec import LinkSpec, LinkSpecError, default_hidden_width
 
 FORMAT_VERSION = 1
@@ -20,6 +27,8 @@ WEIGHTS_NAME = "links.safetensors"
 _METADATA_KEY = "links_manifest"
 _DTYPES = {"f16": np.float16, "f32": np.float32}
 _MANIFEST_LINK_FIELDS = ("name", "kind", "from", "to", "variant", "in_dim", "out_dim")
+# Largest safetensors header (JSON) we read; real link files have a few KB.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def binary_paths(path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -73,18 +82,48 @@ def write_binary(link_file: LinkFile, path: pathlib.Path, dtype: str = "f32") ->
 
 
 def _safetensors_header(path: pathlib.Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise LinkFileError(f"{path}: too short to be a safetensors file")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise LinkFileError(f"{path}: header length {size} runs past the end of the file")
+    """The JSON header, read without touching the tensor data; offsets checked against the size."""
     try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LinkFileError(f"{path}: safetensors header is not valid JSON ({err})") from err
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise LinkFileError(f"{path}: too short to be a safetensors file")
+            (size,) = struct.unpack("<Q", raw)
+            if size > file_size - 8:
+                raise LinkFileError(f"{path}: header length {size} runs past the end of the file")
+            if size > MAX_HEADER_BYTES:
+                raise LinkFileError(
+                    f"{path}: safetensors header length {size} is over the "
+                    f"{MAX_HEADER_BYTES} byte limit (not a link file?)"
+                )
+            data = f.read(size)
+    except OSError as err:
+        raise LinkFileError(f"{path}: cannot read ({err.strerror or err})") from err
+    if len(data) != size:
+        raise LinkFileError(f"{path}: header length {size} runs past the end of the file")
+    header = parse_json(data, f"{path}: safetensors header")
     if not isinstance(header, dict):
         raise LinkFileError(f"{path}: safetensors header is not a JSON object")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise LinkFileError(f"{path}: safetensors '__metadata__' is not a JSON object")
+    data_size = file_size - 8 - size
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise LinkFileError(f"{path}: tensor {key!r} has no valid 'data_offsets'")
+        if offsets[1] > data_size:
+            raise LinkFileError(
+                f"{path}: tensor {key!r} ends at byte {offsets[1]} of the data, but the file "
+                f"holds {data_size} (truncated?)"
+            )
     return header
 
 
@@ -103,7 +142,12 @@ def _spec_from_entry(
         # Older manifests omit the width: take it from w1, or the variant's default.
         w1 = tensors.get(f"{name}.w1")
         hidden = int(w1.shape[0]) if w1 is not None and w1.ndim == 2 else None
-    if hidden is None:
+    dims_are_ints = all(
+        isinstance(entry[f], int) and not isinstance(entry[f], bool) for f in ("in_dim", "out_dim")
+    )
+    if hidden is None and not dims_are_ints:
+        hidden = 0  # LinkSpec below names the bad dimension
+    elif hidden is None:
         hidden = default_hidden_width(
             entry["variant"], entry["kind"], entry["in_dim"], entry["out_dim"]
         )
@@ -138,9 +182,7 @@ def parse_manifest(manifest: Any, tensors: dict[str, np.ndarray], source: str) -
         if isinstance(agent, str):
             # DESIGN.md allows bare names; dimensions are then checked only against models.
             continue
-        if not isinstance(agent, dict) or "name" not in agent or "hidden_size" not in agent:
-            raise LinkFileError(f"{source}: agents[{index}] needs 'name' and 'hidden_size'")
-        agents.append(AgentInfo(agent["name"], int(agent["hidden_size"]), agent.get("model", "")))
+        agents.append(AgentInfo.from_json(agent, f"{source}: agents[{index}]"))
     if len(agents) != len(manifest["agents"]):
         agents = []
     specs = [
@@ -151,16 +193,38 @@ def parse_manifest(manifest: Any, tensors: dict[str, np.ndarray], source: str) -
     return link_file
 
 
+def _weights_in_folder(manifest_path: pathlib.Path, weights: Any) -> pathlib.Path:
+    """The manifest's 'weights' entry, which must name a file inside the manifest's folder."""
+    if not isinstance(weights, str) or not weights:
+        raise LinkFileError(f"{manifest_path}: 'weights' {weights!r} is not a file name")
+    relative = pathlib.PurePath(weights)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise LinkFileError(
+            f"{manifest_path}: 'weights' {weights!r} must be a relative path inside the "
+            "manifest's folder (no absolute paths, no '..')"
+        )
+    folder = manifest_path.parent
+    try:
+        resolved = (folder / relative).resolve()
+        base = folder.resolve()
+    except (OSError, RuntimeError, ValueError) as err:
+        raise LinkFileError(f"{manifest_path}: 'weights' {weights!r} cannot be resolved") from err
+    if not resolved.is_relative_to(base):
+        raise LinkFileError(
+            f"{manifest_path}: 'weights' {weights!r} leads outside the manifest's folder "
+            f"(to {resolved})"
+        )
+    return resolved
+
+
 def read_binary(path: pathlib.Path) -> LinkFile:
     manifest_path, weights_path = binary_paths(path)
     manifest: Any = None
+    source = str(manifest_path)
     if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise LinkFileError(f"{manifest_path}: not valid JSON ({err})") from err
-        if isinstance(manifest, dict) and isinstance(manifest.get("weights"), str):
-            weights_path = manifest_path.parent / manifest["weights"]
+        manifest = read_json_file(manifest_path)
+        if isinstance(manifest, dict) and manifest.get("weights") is not None:
+            weights_path = _weights_in_folder(manifest_path, manifest["weights"])
     if not weights_path.is_file():
         raise LinkFileError(f"{weights_path}: weights file not found")
     header = _safetensors_header(weights_path)
@@ -178,11 +242,18 @@ def read_binary(path: pathlib.Path) -> LinkFile:
                 f"{weights_path}: tensor {key!r} has dtype {info.get('dtype')}, expected F16 or F32"
             )
     if manifest is None:
-        embedded = (header.get("__metadata__") or {}).get(_METADATA_KEY)
+        embedded = header.get("__metadata__", {}).get(_METADATA_KEY)
         if embedded is None:
             raise LinkFileError(
                 f"{manifest_path}: manifest not found and {weights_path.name} carries none"
             )
-        manifest = json.loads(embedded)
-    tensors = {k: v.astype(np.float32) for k, v in load_file(str(weights_path)).items()}
-    return parse_manifest(manifest, tensors, str(manifest_path))
+        source = f"{weights_path}: embedded manifest"
+        if not isinstance(embedded, str):
+            raise LinkFileError(f"{source} is not a string")
+        manifest = parse_json(embedded, source)
+    try:
+        loaded = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise LinkFileError(f"{weights_path}: not a readable safetensors file ({err})") from err
+    tensors = {k: v.astype(np.float32) for k, v in loaded.items()}
+    return parse_manifest(manifest, tensors, source)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError, read_json_file
 from mlcpatch.training.spec import LinkSpec, LinkSpecError
 
 JSON_VERSION = 2
@@ -85,7 +85,8 @@ def _legacy_spec(
         raise LinkFileError(f"links[{index}]: legacy link needs 2-D 'w1' and 'w2'")
     kind = "outer" if "w3" in entry else "inner"
     variant = "ln-residual" if "ln_in.weight" in entry else "residual"
-    activation = _FROM_GELU_FLAG.get(top.get("gelu", "erf"), "gelu")
+    flag = top.get("gelu", "erf")
+    activation = _FROM_GELU_FLAG.get(flag, "gelu") if isinstance(flag, str) else "gelu"
     return LinkSpec(
         name=f"link{index}",
         kind=kind,
@@ -111,11 +112,12 @@ def from_json_dict(data: Any, source: str) -> LinkFile:
         )
     if data.get("fmt") not in (None, "f32"):
         raise LinkFileError(f"{source}: encoding fmt={data.get('fmt')!r} is not supported")
-    agents = []
-    for index, agent in enumerate(data.get("agents") or []):
-        if not isinstance(agent, dict) or "name" not in agent or "hidden_size" not in agent:
-            raise LinkFileError(f"{source}: agents[{index}] needs 'name' and 'hidden_size'")
-        agents.append(AgentInfo(agent["name"], int(agent["hidden_size"]), agent.get("model", "")))
+    if not isinstance(data.get("agents") or [], list):
+        raise LinkFileError(f"{source}: field 'agents' is not a list")
+    agents = [
+        AgentInfo.from_json(agent, f"{source}: agents[{index}]")
+        for index, agent in enumerate(data.get("agents") or [])
+    ]
     specs: list[LinkSpec] = []
     tensors: dict[str, np.ndarray] = {}
     for index, entry in enumerate(data["links"]):
@@ -166,8 +168,4 @@ def from_json_dict(data: Any, source: str) -> LinkFile:
 
 
 def read_json(path: pathlib.Path) -> LinkFile:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LinkFileError(f"{path}: not valid JSON ({err})") from err
-    return from_json_dict(data, str(path))
+    return from_json_dict(read_json_file(path), str(path))

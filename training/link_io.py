@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from mlcpatch.training.format_binary import MANIFEST_NAME, read_binary, write_binary
 from mlcpatch.training.format_json import read_json, write_json
-from mlcpatch.training.linkfile import LinkFile, LinkFileError
+from mlcpatch.training.linkfile import LinkFile, LinkFileError, read_json_file
 
 FORMATS = ("json", "binary")
 
@@ -19,10 +18,7 @@ def detect_format(path: pathlib.Path) -> str:
     if path.suffix != ".json":
         raise LinkFileError(f"{path}: not a folder, .safetensors or .json link file")
     if path.is_file():
-        try:
-            head = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise LinkFileError(f"{path}: not valid JSON ({err})") from err
+        head = read_json_file(path)
         return "binary" if isinstance(head, dict) and "format" in head else "json"
     return "binary" if path.name == MANIFEST_NAME else "json"
 

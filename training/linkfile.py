@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.spec import LinkSpec, check_name
+from mlcpatch.training.spec import LinkSpec, LinkSpecError, check_name
 
 
 class LinkFileError(ValueError):
     """A link file is malformed or does not match what it is paired with; the message says where."""
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """json.loads with every way hostile input can fail turned into a LinkFileError."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LinkFileError(f"{where}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise LinkFileError(f"{where}: not valid JSON (nested too deeply)") from err
+
+
+def read_json_file(path: pathlib.Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LinkFileError(f"{path}: not valid JSON (not UTF-8 text)") from err
+    except OSError as err:
+        raise LinkFileError(f"{path}: cannot read ({err.strerror or err})") from err
+    return parse_json(text, str(path))
 
 
 @dataclass(frozen=True)
@@ -27,6 +49,19 @@ class AgentInfo:
         if self.model:
             data["model"] = self.model
         return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> AgentInfo:
+        """An agents[] entry of either format; `where` names the file and the entry."""
+        if not isinstance(data, dict) or "name" not in data or "hidden_size" not in data:
+            raise LinkFileError(f"{where} needs 'name' and 'hidden_size'")
+        size = data["hidden_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise LinkFileError(f"{where}: hidden_size {size!r} is not a positive integer")
+        model = data.get("model", "")
+        if not isinstance(model, str):
+            raise LinkFileError(f"{where}: 'model' {model!r} is not a string")
+        return cls(data["name"], size, model)
 
 
 @dataclass
@@ -51,7 +86,10 @@ class LinkFile:
         """Check names, duplicates, and every tensor against its link's expected shape."""
         seen: set[str] = set()
         for agent in self.agents:
-            check_name(agent.name, "agent")
+            try:
+                check_name(agent.name, "agent")
+            except LinkSpecError as err:
+                raise LinkFileError(f"{source}: {err}") from err
             if agent.name in seen:
                 raise LinkFileError(f"{source}: agent {agent.name!r} is listed twice")
             seen.add(agent.name)

@@ -65,6 +65,9 @@ class LinkSpec:
             raise LinkSpecError(
                 f"link {self.name}: activation {self.activation!r} is not one of {ACTIVATIONS}"
             )
+        for role, agent in (("from", self.source), ("to", self.target)):
+            if not isinstance(agent, str) or not agent:
+                raise LinkSpecError(f"link {self.name}: {role!r} agent {agent!r} is not a name")
         for field in ("in_dim", "out_dim", "hidden"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -25,14 +25,21 @@ def _check_safetensors(path: pathlib.Path) -> None:
             raise ArtifactError(f"{path}: not a safetensors file (bad header length)")
         try:
             header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ArtifactError(f"{path}: not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ArtifactError(f"{path}: not a safetensors file (header is not a JSON object)")
     data_size = size - 8 - length
     for name, info in header.items():
         if name == "__metadata__":
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and offsets[1] <= data_size):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
             raise ArtifactError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
 
 
@@ -41,6 +48,8 @@ def _check_json(path: pathlib.Path) -> None:
         json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from exc
 
 
 def collect_links(paths: list[pathlib.Path]) -> list[Payload]:
