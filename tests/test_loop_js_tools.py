@@ -197,3 +197,89 @@ def test_format_matches_python_on_ties_and_extremes(run_js) -> None:
     got = run_js(expressions, [])["expressions"]
     for expr, js in zip(expressions, got, strict=True):
         assert js == python_expression(expr), expr
+
+
+# Inputs that used to freeze or crash a run (nested powers: seconds to forever, then a
+# RangeError in JS; a run of "(": quadratic in the pattern): both calculators must bound them
+# alike, so the same expressions are skipped and the same ones still computed.
+HOSTILE_EXPRESSIONS = [
+    "(9**9999)**999",
+    "(9**9999)**9999",
+    "((9^9999)^9999)^9999",
+    "(2^9999)^9999",
+    "9^9999 * 9^9999",
+    "-(9^9999) * 9^9999",
+    "16^10000",
+    "16^10000 // 16^9999",
+    "15^10000 // 15^9999",
+    "(-15)^10000 // 15^9999",
+    "9^9999 // 9^9998",
+    "2^10000 // 2^9999",
+    "(2^5000)^2 // 2^9999",
+    "(2^5000)^8 // 2^39999",
+    "(2^5000)^9 // 2^44999",
+    "10^400 / 10^399",
+    "(9^9999 - 9^9999) ^ 9999",
+    "(9^9999 + 9^9999) // 9^9999",
+    "round(1e308) ^ 39",
+    "round(1e308) ^ 40",
+    "1" + "+1" * 99,
+    "1" + "+1" * 100,
+    "(" * 100 + "1" + ")" * 100,
+    "-" * 199 + "1",
+    "2" + "**2" * 66,
+]
+
+HOSTILE_QUESTIONS = [
+    "What is ((9^9999)^9999)^9999 or 6*7?",
+    "Is it (9**9999)**999 or 9^9999 // 9^9998?",
+    "(" * 20_000,
+    "(" * 20_000 + "6*7",
+    "(" * 9_000 + " and 6*7",
+    "6*7 and " + "." * 9_000,
+    "What is 6*7? " + "Padding. " * 1200,
+    "What is 6*7? " + "(" * (tools.MAX_QUESTION_LENGTH - 13),
+    # Astral characters: two UTF-16 units each in JS, one character in Python's len().
+    "What is 6*7? " + "\U0001f600" * (tools.MAX_QUESTION_LENGTH - 13),
+    "What is 6*7? " + "\U0001f600" * (tools.MAX_QUESTION_LENGTH - 12),
+]
+
+
+def test_hostile_inputs_are_bounded_alike(run_js) -> None:
+    got = run_js(HOSTILE_EXPRESSIONS, HOSTILE_QUESTIONS)
+    for expr, js in zip(HOSTILE_EXPRESSIONS, got["expressions"], strict=True):
+        want = python_expression(expr)
+        assert "escape" not in want, (expr, want)
+        assert js == want, (expr, want, js)
+    outcomes = [python_expression(e) for e in HOSTILE_EXPRESSIONS]
+    assert {"value": "9"} in outcomes and {"error": "CalculatorError"} in outcomes
+    for question, js in zip(HOSTILE_QUESTIONS, got["questions"], strict=True):
+        want = python_question(question)
+        assert "escape" not in want, question[:80]
+        assert js == want, question[:80]
+    calculator_lines = [
+        [line for line in r["value"] if line.startswith("calculator:")] for r in got["questions"]
+    ]
+    assert calculator_lines[0] == ["calculator: 6*7 = 42"]
+    assert calculator_lines[2] == calculator_lines[6] == calculator_lines[9] == []
+    assert calculator_lines[7] == calculator_lines[8] == ["calculator: 6*7 = 42"]
+
+
+def test_random_questions_find_the_same_expressions(run_js) -> None:
+    # The expression pattern with its run-swallowing branch, over the characters it cares about.
+    rng = random.Random(20260101)
+    chars = list("0123456789((()))..  +-*/%^x×÷ab") + ["sqrt(", "round(", "١", "\u2003", "\n"]
+    glue = [" is ", " and ", ". ", "? ", " (", ") ", ", ", "a"]
+    questions = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 40))) for _ in range(1000)]
+    questions += [
+        "".join(random_expression(rng) + rng.choice(glue) for _ in range(rng.randint(1, 5)))
+        for _ in range(1000)
+    ]
+    got = run_js([], questions)["questions"]
+    lines = 0
+    for question, js in zip(questions, got, strict=True):
+        want = python_question(question)
+        assert "escape" not in want, question
+        assert js == want, question
+        lines += sum(line.startswith("calculator:") for line in want["value"])
+    assert lines > 300

@@ -26,12 +26,43 @@ _BINARY = {
 }
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round}
-_EXPR_RE = re.compile(r"(?:sqrt\()?[\d.(][\d\s.+\-*/%()^x×÷]*[\d)]")
-MAX_POWER = 10_000
+# An expression is group 1. The second branch swallows the rest of a run of calculator
+# characters in which group 1 cannot end (no digit or ")" follows): without it, each "(" of
+# "((((...(" would rescan the whole run, quadratic in its length (20,000 "(" took 2.7 s).
+# The matches in group 1 are exactly those of the pattern alone; web/src/tools.js has the same.
+_EXPR_CHARS = r"[\d\s.+\-*/%()^x×÷]"
+_EXPR_RE = re.compile(rf"((?:sqrt\()?[\d.(]{_EXPR_CHARS}*[\d)])|[\d.(]{_EXPR_CHARS}*")
+# Bounds on the work one question can cost; the calculator's input is the user's question, so
+# a hostile one must be skipped, not freeze or kill the run. web/src/tools.js uses the same
+# numbers and makes the same decisions, so both calculators skip the same expressions.
+MAX_QUESTION_LENGTH = 10_000  # characters; a longer question gets no calculator lines at all
+MAX_LENGTH = 200  # characters of one expression (after ^ -> **)
+MAX_POWER = 10_000  # |exponent| of any power
+# Bits of any int result, checked against an upper bound *before* computing it: nesting
+# powers under MAX_POWER alone, (9**9999)**9999, would need 10**8 bits and never finish.
+# 40,000 keeps every power of a one-digit base up to MAX_POWER (4 bits x 10,000); an int
+# beyond about 1,024 bits cannot be shown anyway (it must be divided back down first).
+MAX_BITS = 40_000
 
 
 class CalculatorError(ValueError):
     pass
+
+
+def _int_result_bits(op: ast.operator, left: int, right: int) -> int:
+    """An upper bound on the bit length of `left op right` for ints, known without computing it.
+
+    //, % and / never give a larger int than their operands (/ gives a float), nor does a
+    negative power (a float); the operators that grow an int are bounded here.
+    """
+    a, b = left.bit_length(), right.bit_length()
+    if isinstance(op, ast.Pow):
+        return a * right if right > 0 else 0
+    if isinstance(op, ast.Mult):
+        return a + b
+    if isinstance(op, ast.Add | ast.Sub):
+        return max(a, b) + 1
+    return 0
 
 
 def _eval(node: ast.AST) -> float:
@@ -43,6 +74,9 @@ def _eval(node: ast.AST) -> float:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > MAX_POWER:
             raise CalculatorError("exponent too large")
+        if isinstance(left, int) and isinstance(right, int):
+            if _int_result_bits(node.op, left, right) > MAX_BITS:
+                raise CalculatorError("result too large")
         try:
             return _BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
@@ -64,17 +98,18 @@ def calculate(expression: str) -> float:
     """Evaluate arithmetic (+ - * / // % ** ^, sqrt, abs, round) without eval()."""
     text = expression.replace("^", "**").replace("×", "*").replace("÷", "/")
     text = re.sub(r"(?<=\d)\s*x\s*(?=\d)", "*", text)
-    if len(text) > 200:
+    if len(text) > MAX_LENGTH:
         raise CalculatorError("expression too long")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, MemoryError, RecursionError):  # the last two: nesting too deep
         raise CalculatorError(f"not an arithmetic expression: {expression!r}") from None
     # Tool inputs come from the user's question: anything arithmetic rejects (sqrt(-1), a
-    # float overflow, round(inf)) must skip the expression, not crash the run.
+    # float overflow, round(inf)), and running out of memory or stack, must skip the
+    # expression, not crash the run.
     try:
         value = _eval(tree)
-    except (ArithmeticError, ValueError, TypeError) as err:
+    except (ArithmeticError, ValueError, TypeError, MemoryError, RecursionError) as err:
         raise CalculatorError(f"cannot evaluate {expression!r}: {err}") from None
     if isinstance(value, complex):  # (-8) ** 0.5
         raise CalculatorError(f"{expression!r} has no real value")
@@ -92,9 +127,13 @@ def _format_number(value: float) -> str:
 
 def calculator_tool(question: str) -> list[str]:
     """Evaluate every arithmetic expression found in the question."""
+    if len(question) > MAX_QUESTION_LENGTH:
+        return []
     results = []
     for match in _EXPR_RE.finditer(question):
-        expr = match.group(0).strip()
+        if match.group(1) is None:  # the rest of a run that holds no expression
+            continue
+        expr = match.group(1).strip()
         if not re.search(r"[+\-*/%^x×÷]|sqrt", expr) or re.fullmatch(r"[\d.]+", expr):
             continue
         try:

@@ -15,11 +15,21 @@ export class CalculatorError extends Error {
   }
 }
 
-const MAX_POWER = 10_000n;
-const MAX_LENGTH = 200;
-// \d in a Python str pattern is any Unicode decimal digit.
+// Bounds on the work one question can cost, the same as tools.py's (see the notes there): the
+// calculator's input is the user's question, and a hostile one must be skipped, not freeze
+// the page. Lengths count code points, as Python's len() does.
+const MAX_QUESTION_LENGTH = 10_000; // a longer question gets no calculator lines at all
+const MAX_LENGTH = 200; // one expression, after ^ -> **
+const MAX_POWER = 10_000n; // |exponent| of any power
+// Bits of any int result, checked against an upper bound before computing it: nested powers,
+// ((9^9999)^9999)^9999, would otherwise run for many seconds and then throw a RangeError.
+const MAX_BITS = 40_000n;
+// \d in a Python str pattern is any Unicode decimal digit. An expression is group 1; the
+// second branch swallows the rest of a run in which group 1 cannot end, so a run of "(" is
+// scanned once, not once per "(" (quadratic). Group 1 matches exactly what it would alone.
+const EXPR_CHARS = `[\\p{Nd}${PY_SPACE}.+\\-*/%()^x×÷]`;
 const EXPR_RE = new RegExp(
-  `(?:sqrt\\()?[\\p{Nd}.(][\\p{Nd}${PY_SPACE}.+\\-*/%()^x×÷]*[\\p{Nd})]`,
+  `((?:sqrt\\()?[\\p{Nd}.(]${EXPR_CHARS}*[\\p{Nd})])|[\\p{Nd}.(]${EXPR_CHARS}*`,
   "gu",
 );
 const TIMES_RE = new RegExp(`(?<=\\p{Nd})[${PY_SPACE}]*x[${PY_SPACE}]*(?=\\p{Nd})`, "gu");
@@ -73,6 +83,31 @@ function intTrueDivide(a, b) {
 
 function bitLength(big) {
   return big === 0n ? 0 : big.toString(2).length;
+}
+
+// Python's len(): code points, where .length counts UTF-16 units.
+function pyLen(text) {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+// tools.py's _int_result_bits: an upper bound on the bit length of `x op y` for ints (BigInt),
+// known without computing it. //, % and / never give a larger int, nor does a negative power.
+function intResultBits(op, x, y) {
+  const a = BigInt(bitLength(x < 0n ? -x : x));
+  const b = BigInt(bitLength(y < 0n ? -y : y));
+  switch (op) {
+    case "**":
+      return y > 0n ? a * y : 0n;
+    case "*":
+      return a + b;
+    case "+":
+    case "-":
+      return (a > b ? a : b) + 1n;
+    default:
+      return 0n;
+  }
 }
 
 function floatFloorDivMod(vx, wx) {
@@ -400,6 +435,11 @@ function evaluate(node) {
           throw new CalculatorError("exponent too large");
         }
       }
+      if (left.kind === "int" && right.kind === "int") {
+        if (intResultBits(node.op, left.v, right.v) > MAX_BITS) {
+          throw new CalculatorError("result too large");
+        }
+      }
       return binary(node.op, left, right);
     }
     case "unary": {
@@ -421,17 +461,25 @@ function evaluate(node) {
 export function calculate(expression) {
   let text = expression.replaceAll("^", "**").replaceAll("×", "*").replaceAll("÷", "/");
   text = text.replace(TIMES_RE, "*");
-  if (text.length > MAX_LENGTH) throw new CalculatorError("expression too long");
+  if (pyLen(text) > MAX_LENGTH) throw new CalculatorError("expression too long");
   let tree;
   try {
     tree = new Parser(tokenize(pyStrip(text))).parse();
   } catch (err) {
-    if (err instanceof SyntaxErr) {
+    // A stack too deep is a RangeError, like tools.py's RecursionError: skip, not escape.
+    if (err instanceof SyntaxErr || err instanceof RangeError) {
       throw new CalculatorError(`not an arithmetic expression: ${JSON.stringify(expression)}`);
     }
     throw err;
   }
-  return evaluate(tree);
+  // Like tools.py's MemoryError and RecursionError: a BigInt too large or a stack too deep is
+  // a RangeError, which must skip the expression, not escape the tool.
+  try {
+    return evaluate(tree);
+  } catch (err) {
+    if (err instanceof RangeError) throw new CalculatorError(`cannot evaluate: ${err.message}`);
+    throw err;
+  }
 }
 
 // --- Python's number formatting ------------------------------------------------------------
@@ -511,9 +559,11 @@ export function formatNumber(value) {
 
 /** Evaluate every arithmetic expression found in the question. */
 export function calculatorTool(question) {
+  if (question.length > MAX_QUESTION_LENGTH && pyLen(question) > MAX_QUESTION_LENGTH) return [];
   const results = [];
   for (const match of question.matchAll(EXPR_RE)) {
-    const expr = pyStrip(match[0]);
+    if (match[1] === undefined) continue; // the rest of a run that holds no expression
+    const expr = pyStrip(match[1]);
     if (!OPERATOR_RE.test(expr) || NUMBER_ONLY_RE.test(expr)) continue;
     try {
       results.push(`calculator: ${expr} = ${formatNumber(calculate(expr))}`);
