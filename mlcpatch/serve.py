@@ -5,7 +5,14 @@ packages without a bundler) and every artifact folder under ``--artifacts`` at
 ``/artifacts/<name>/``, listed as JSON at ``/artifacts/index.json``. Responses carry the headers a
 WebGPU page wants (``application/wasm``, cross-origin isolation) and honour single HTTP byte
 ranges, so large weight shards can be fetched in parts. Paths are checked before anything is
-opened: no ``..``, no encoded separators or dots, and no symlink that leads out of its root.
+opened: no ``..``, no encoded separators or dots, no hidden (dot) files or folders, and no symlink
+that leads out of its root (an artifact folder's real path must stay under ``--artifacts``).
+
+Hardening: a request whose ``Host`` is not a localhost name or the listening address is refused
+(421), so a DNS-rebinding page cannot read what is served; GET/HEAD with a body get 400 and the
+connection is closed (the body is never parsed as a request); idle or half-sent connections are
+closed after ``request_timeout`` seconds, and at most ``max_connections`` are served at once (more
+get 503).
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ ARTIFACTS_PREFIX = "/artifacts/"
 INDEX_PATH = "/artifacts/index.json"
 CHAT_CONFIG = "mlc-chat-config.json"
 _CHUNK = 1 << 20
+REQUEST_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent (also bounds each send)
+MAX_CONNECTIONS = 256  # connections served at once; more are answered 503 and closed
+_DRAIN = 64 * 1024  # a refused request body up to this size is read first, so the 400 arrives
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_HOST_PORT = re.compile(r"^(?::\d{1,5})?$")
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -70,9 +82,9 @@ class PathRefused(Exception):
 def safe_relative_path(url_path: str) -> list[str]:
     """The URL path's segments, or PathRefused for anything that could escape a root.
 
-    Percent-decoding happens once, here; a segment that decodes to ``.``/``..`` or contains a
-    separator, a NUL or a backslash is refused (browsers normalise plain ``..`` themselves, so
-    one arriving encoded is an attack, not a link).
+    Percent-decoding happens once, here; a segment that starts with ``.`` (``..``, ``.env``,
+    ``.git``) or contains a separator, a NUL or a backslash is refused (browsers normalise plain
+    ``..`` themselves, so one arriving encoded is an attack, not a link).
     """
     if "\\" in url_path or "\0" in url_path:
         raise PathRefused(url_path)
@@ -81,19 +93,44 @@ def safe_relative_path(url_path: str) -> list[str]:
         if raw == "":
             continue
         part = urllib.parse.unquote(raw, errors="strict")
-        if part in (".", "..") or any(c in part for c in "/\\\0"):
+        if part.startswith(".") or any(c in part for c in "/\\\0"):
             raise PathRefused(url_path)
         segments.append(part)
     return segments
 
 
+def is_inside(root: pathlib.Path, target: pathlib.Path) -> bool:
+    """Whether resolved ``target`` is resolved ``root`` or under it, through no hidden entry."""
+    if target != root and root not in target.parents:
+        return False
+    return not any(part.startswith(".") for part in target.relative_to(root).parts)
+
+
 def resolve_inside(root: pathlib.Path, segments: list[str]) -> pathlib.Path:
-    """``root/segments`` with symlinks resolved; PathRefused if that leaves ``root``."""
+    """``root/segments`` with symlinks resolved; PathRefused if that leaves ``root``.
+
+    A symlink inside ``root`` that lands on a hidden file or folder is refused too.
+    """
     root = root.resolve()
     target = root.joinpath(*segments).resolve()
-    if target != root and root not in target.parents:
+    if not is_inside(root, target):
         raise PathRefused("/".join(segments))
     return target
+
+
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header, lower case, IPv6 without brackets; None if malformed."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        host, colon, port = value.partition(":")
+        port = colon + port
+    if not host or not _HOST_PORT.match(port):
+        return None
+    return host
 
 
 def find_artifacts(folder: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -170,6 +207,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
+
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's naming)
         self._respond(send_body=True)
 
@@ -182,26 +223,58 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # --- routing --------------------------------------------------------------------------
     def _respond(self, send_body: bool) -> None:
-        url_path = urllib.parse.urlsplit(self.path).path
-        try:
-            if url_path in (INDEX_PATH, ARTIFACTS_PREFIX.rstrip("/"), ARTIFACTS_PREFIX):
-                self._send_json(self._artifact_index(), send_body)
-                return
-            path = self._locate(url_path)
-        except (PathRefused, UnicodeDecodeError):
-            self._send_error(404, "not found")
+        if self._refused_body() or self._refused_host():
             return
-        if path is None or not path.is_file():
+        url_path = urllib.parse.urlsplit(self.path).path
+        if url_path in (INDEX_PATH, ARTIFACTS_PREFIX.rstrip("/"), ARTIFACTS_PREFIX):
+            self._send_json(self._artifact_index(), send_body)
+            return
+        try:
+            path = self._locate(url_path)
+            if path is not None and not path.is_file():
+                path = None
+        except (PathRefused, UnicodeDecodeError, OSError):  # OSError: a name too long, …
+            path = None
+        if path is None:
             self._send_error(404, "not found")
             return
         self._send_file(path, send_body)
+
+    def _refused_body(self) -> bool:
+        """400 and close for a GET/HEAD with a body, which would otherwise be read as a request."""
+        lengths = [_length(v) for v in self.headers.get_all("Content-Length") or []]
+        chunked = self.headers.get("Transfer-Encoding") is not None
+        if not chunked and all(n == 0 for n in lengths):
+            return False
+        declared = lengths[0] if len(lengths) == 1 and not chunked else None
+        if declared is not None and declared <= _DRAIN:
+            with contextlib.suppress(OSError):
+                self.rfile.read(declared)  # so the client reads the 400, not a reset
+        self._send_error(400, f"{self.command} requests must not have a body", _CLOSE)
+        return True
+
+    def _refused_host(self) -> bool:
+        """400 without one Host header; 421 for a host this server was not asked to answer to."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            self._send_error(400, "a request needs exactly one Host header", _CLOSE)
+            return True
+        if host_name(hosts[0]) in self.server.allowed_hosts:
+            return False
+        message = (
+            f"Host {hosts[0]!r} is not served here: open {self.server.url} instead. "
+            "mlcpatch serve answers only to localhost names and the address it listens on "
+            "(against DNS rebinding); `--allow-host NAME` adds a name"
+        )
+        self._send_error(421, message, _CLOSE)
+        return True
 
     def _locate(self, url_path: str) -> pathlib.Path | None:
         segments = safe_relative_path(url_path)
         if segments[:1] == ["artifacts"]:
             if len(segments) < 2:
                 return None
-            folder = find_artifacts(self.server.artifacts).get(segments[1])
+            folder = self.server.artifact_folders().get(segments[1])
             if folder is None:
                 return None
             return resolve_inside(folder, segments[2:])
@@ -211,7 +284,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return path
 
     def _artifact_index(self) -> dict[str, Any]:
-        found = find_artifacts(self.server.artifacts)
+        found = self.server.artifact_folders()
         return {"artifacts": [describe_artifact(n, p) for n, p in found.items()]}
 
     # --- responses ------------------------------------------------------------------------
@@ -269,6 +342,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 _copy(f, self.wfile, length)
 
 
+_CLOSE = {"Connection": "close"}  # send_header also sets close_connection for this one
+
+
+def _length(value: str) -> int | None:
+    """A Content-Length value, None if it is not plain ASCII digits."""
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def _copy(src: BinaryIO, dst: Any, length: int) -> None:
     remaining = length
     while remaining > 0:
@@ -280,6 +362,8 @@ def _copy(src: BinaryIO, dst: Any, length: int) -> None:
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """The HTTP server; ``request_timeout``/``max_connections`` bound what idle clients can hold."""
+
     daemon_threads = True
     # The default backlog (5) drops connections when a page fetches many shards at once.
     request_queue_size = 512
@@ -290,13 +374,44 @@ class Server(http.server.ThreadingHTTPServer):
         web_root: pathlib.Path,
         artifacts: pathlib.Path,
         quiet: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         self.web_root = web_root.resolve()
         self.artifacts = artifacts
         self.quiet = quiet
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+        bound = (address[0], str(self.server_address[0]), *allowed_hosts)
+        names = (host_name(f"[{h}]" if ":" in h else h) for h in bound if h)
+        self.allowed_hosts = frozenset(LOCAL_HOSTS) | {n for n in names if n}
+
+    def artifact_folders(self) -> dict[str, pathlib.Path]:
+        """``find_artifacts``, less folders whose real path leaves ``artifacts`` (symlinks)."""
+        base = self.artifacts.resolve()
+        found = find_artifacts(self.artifacts)
+        return {name: path for name, path in found.items() if is_inside(base, path.resolve())}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A browser that cancels a download closes the socket mid-response: not worth a trace.
@@ -312,6 +427,20 @@ class Server(http.server.ThreadingHTTPServer):
         return f"http://{shown}:{port}/"
 
 
+def _refuse_busy(sock: socket.socket) -> None:
+    """A short 503 on a connection over ``max_connections`` (sent from the accept loop)."""
+    body = b"503 too many connections: retry shortly\n"
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
+        sock.sendall(head.encode() + body)
+        sock.setblocking(False)
+        sock.recv(_DRAIN)  # what already arrived, so closing sends FIN rather than a reset
+
+
 @contextlib.contextmanager
 def running_server(
     web_root: pathlib.Path = WEB_DIR,
@@ -319,9 +448,13 @@ def running_server(
     host: str = "127.0.0.1",
     port: int = 0,
     quiet: bool = True,
+    **options: Any,
 ) -> Iterator[Server]:
-    """A server on a background thread for the duration of the block (port 0: any free one)."""
-    server = Server((host, port), web_root, artifacts, quiet=quiet)
+    """A server on a background thread for the duration of the block (port 0: any free one).
+
+    ``options`` go to Server: ``request_timeout``, ``max_connections``, ``allowed_hosts``.
+    """
+    server = Server((host, port), web_root, artifacts, quiet=quiet, **options)
     thread = threading.Thread(target=server.serve_forever, name="mlcpatch-serve", daemon=True)
     thread.start()
     try:
@@ -362,6 +495,14 @@ def check_web_root(web_root: pathlib.Path) -> list[str]:
     show_default=True,
     help="The web page's folder.",
 )
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests whose Host is NAME (besides localhost names and --host); "
+    "repeatable. Others get 421, against DNS rebinding.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not log each request.")
 def serve_command(
     artifacts: pathlib.Path,
@@ -369,6 +510,7 @@ def serve_command(
     port: int,
     open_browser: bool,
     web_root: pathlib.Path,
+    allow_hosts: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Serve the in-browser engine's page and the artifact folders over HTTP.
@@ -380,10 +522,10 @@ def serve_command(
     for problem in check_web_root(web_root):
         click.echo(f"warning: {problem}", err=True)
     try:
-        server = Server((host, port), web_root, artifacts, quiet=quiet)
+        server = Server((host, port), web_root, artifacts, quiet=quiet, allowed_hosts=allow_hosts)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    count = len(find_artifacts(artifacts))
+    count = len(server.artifact_folders())
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines can reach this server", err=True)
     click.echo(

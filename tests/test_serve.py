@@ -1,4 +1,6 @@
-"""`mlcpatch serve` over real HTTP: MIME types, headers, ranges, traversal, parallel load."""
+"""`mlcpatch serve` over real HTTP: MIME types, headers, ranges, traversal, parallel load, and
+the hardening (long names, timeouts, connection cap, bodies on GET, Host check, dotfiles,
+symlinked artifact folders)."""
 
 from __future__ import annotations
 
@@ -62,7 +64,8 @@ def request(
     parts = urllib.parse.urlsplit(server_url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        own_host = any(k.lower() == "host" for k in headers or {})
+        conn.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
         for key, value in (headers or {}).items():
             conn.putheader(key, value)
         conn.endheaders()
@@ -246,3 +249,188 @@ def test_command_logs_url_and_serves_localhost(tree: dict[str, pathlib.Path]) ->
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _address(server_url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(server_url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; a client timeout means it never closed."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_overlong_names_are_404_and_the_connection_lives_on(
+    tree: dict[str, pathlib.Path],
+) -> None:
+    paths = [
+        "/" + "a" * 300,  # one segment over NAME_MAX (255 bytes)
+        "/src/" + "b" * 300 + ".js",
+        "/" + "/".join(["c" * 200] * 25),  # short segments, path over PATH_MAX (4096)
+        "/artifacts/tiny/" + "d" * 300,
+        "/artifacts/tiny/" + "/".join(["e" * 200] * 25),
+    ]
+    with running_server(tree["web"], tree["artifacts"]) as server:
+        conn = http.client.HTTPConnection(*_address(server.url), timeout=30)
+        try:
+            for path in paths:  # one keep-alive connection: each answer must come back on it
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                assert resp.status == 404, path[:40]
+                resp.read()
+            conn.request("GET", "/src/engine.js")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b"export const x = 1;\n"
+        finally:
+            conn.close()
+
+
+def test_idle_and_half_sent_connections_are_closed_after_the_timeout(
+    tree: dict[str, pathlib.Path],
+) -> None:
+    with running_server(tree["web"], tree["artifacts"], request_timeout=0.5) as server:
+        host, port = _address(server.url)
+        half = socket.create_connection((host, port), timeout=20)
+        idle = socket.create_connection((host, port), timeout=20)
+        with half, idle:
+            half.sendall(f"GET /index.html HTTP/1.1\r\nHost: {host}:{port}\r\n".encode())
+            assert _read_until_closed(half) == b""  # headers never ended: closed, no answer
+            assert _read_until_closed(idle) == b""
+        status, _, _ = request(server.url, "/index.html")
+        assert status == 200
+
+
+def test_connections_over_the_cap_get_503_until_one_frees(
+    tree: dict[str, pathlib.Path],
+) -> None:
+    with running_server(tree["web"], tree["artifacts"], max_connections=2) as server:
+        address = _address(server.url)
+        held = [socket.create_connection(address, timeout=20) for _ in range(2)]
+        try:
+            with socket.create_connection(address, timeout=20) as extra:
+                answer = _read_until_closed(extra)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
+            assert b"too many connections" in answer
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.time() + 20
+        while (status := request(server.url, "/index.html")[0]) == 503 and time.time() < deadline:
+            time.sleep(0.05)  # the held connections' threads notice the close
+        assert status == 200
+
+
+def test_get_with_a_body_is_refused_and_the_body_never_answered(
+    tree: dict[str, pathlib.Path],
+) -> None:
+    with running_server(tree["web"], tree["artifacts"]) as server:
+        host, port = _address(server.url)
+        smuggled = f"GET /src/engine.js HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+        heads = [
+            f"Content-Length: {len(smuggled)}\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            f"Content-Length: 0\r\nContent-Length: {len(smuggled)}\r\n",
+            "Content-Length: \u00b2\r\n",  # a digit to str.isdigit, not to int()
+        ]
+        for method in ("GET", "HEAD"):
+            for head in heads:
+                raw = f"{method} /index.html HTTP/1.1\r\nHost: {host}:{port}\r\n{head}\r\n"
+                with socket.create_connection((host, port), timeout=10) as sock:
+                    sock.sendall((raw + smuggled).encode("latin-1"))
+                    answer = _read_until_closed(sock)
+                assert answer.startswith(b"HTTP/1.1 400 "), (method, head, answer[:80])
+                assert answer.count(b"HTTP/1.1 ") == 1, (method, head)
+                assert b"export const x" not in answer
+        # An empty body is no body: still served, and the connection is kept.
+        status, _, body = request(server.url, "/src/engine.js", headers={"Content-Length": "0"})
+        assert status == 200 and body == b"export const x = 1;\n"
+
+
+def test_host_header_must_name_this_server(tree: dict[str, pathlib.Path]) -> None:
+    with running_server(tree["web"], tree["artifacts"], allowed_hosts=("lab-box",)) as server:
+        host, port = _address(server.url)
+        for value in (
+            f"evil.example:{port}",
+            "evil.example",
+            f"127.0.0.1.nip.io:{port}",
+            f"localhost.evil.example:{port}",
+            "localhost:80x",
+            "[::1",
+            "",
+        ):
+            for path in ("/index.html", "/artifacts/index.json", "/artifacts/tiny/tokenizer.model"):
+                status, headers, body = request(server.url, path, headers={"Host": value})
+                assert status in (400, 421), (value, path)
+                assert b"sp" != body and b"<title>" not in body and b"qwen2" not in body
+                assert headers.get("connection") == "close"
+        _, _, body = request(server.url, "/", headers={"Host": "evil.example"})
+        assert b"not served here" in body and server.url.encode() in body
+        for value in (
+            f"127.0.0.1:{port}",
+            "127.0.0.1",
+            f"localhost:{port}",
+            "LocalHost",
+            f"[::1]:{port}",
+            "[::1]",
+            "lab-box:8080",
+        ):
+            status, _, body = request(server.url, "/index.html", headers={"Host": value})
+            assert status == 200 and b"<title>" in body, value
+        with socket.create_connection((host, port), timeout=10) as sock:  # no Host at all
+            sock.sendall(b"GET /index.html HTTP/1.1\r\n\r\n")
+            assert _read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+
+
+def test_dotfiles_are_not_served(tree: dict[str, pathlib.Path]) -> None:
+    web, art = tree["web"], tree["art"]
+    (web / ".env").write_text("TOKEN=do not serve")
+    (web / "src" / ".hidden.js").write_text("do not serve")
+    (web / ".git").mkdir()
+    (web / ".git" / "config").write_text("do not serve")
+    (art / ".env").write_text("do not serve")
+    (web / "env.txt").symlink_to(web / ".env")  # a visible name leading to a hidden file
+    with running_server(web, tree["artifacts"]) as server:
+        for path in (
+            "/.env",
+            "/%2eenv",
+            "/src/.hidden.js",
+            "/.git/config",
+            "/.git/",
+            "/artifacts/tiny/.env",
+            "/env.txt",
+        ):
+            for method in ("GET", "HEAD"):
+                status, _, body = request(server.url, path, method)
+                assert status == 404, (method, path)
+                assert b"do not serve" not in body
+
+
+def test_symlinked_artifact_folder_must_stay_inside(
+    tree: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    outside = tmp_path / "elsewhere" / "stray"
+    outside.mkdir(parents=True)
+    (outside / "mlc-chat-config.json").write_text(json.dumps({"model_type": "stray"}))
+    (outside / "weights.bin").write_text("do not serve")
+    arts = tree["artifacts"]
+    (arts / "linked").symlink_to(outside)  # leaves the artifacts root: refused
+    (arts / "alias").symlink_to(arts / "tiny")  # stays inside: served, as before
+    (arts / "staged").symlink_to(arts / ".tiny.building-x")  # a hidden folder: refused
+    with running_server(tree["web"], arts) as server:
+        for path in (
+            "/artifacts/linked/weights.bin",
+            "/artifacts/linked/mlc-chat-config.json",
+            "/artifacts/staged/mlc-chat-config.json",
+        ):
+            status, _, body = request(server.url, path)
+            assert status == 404, path
+            assert b"do not serve" not in body and b"stray" not in body
+        status, _, body = request(server.url, "/artifacts/alias/tokenizer.model")
+        assert status == 200 and body == b"sp"
+        _, _, body = request(server.url, "/artifacts/index.json")
+    assert sorted(a["name"] for a in json.loads(body)["artifacts"]) == ["alias", "tiny"]
