@@ -7,12 +7,14 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from mlcpatch.recipes.hashing import sha256_file
+from mlcpatch.recipes.staging import staging_prefix, sweep_stale
 
 CHAT_CONFIG = "mlc-chat-config.json"
 MANIFEST = "manifest.json"
@@ -133,14 +135,20 @@ def staging_dir(out: pathlib.Path, overwrite: bool) -> Iterator[pathlib.Path]:
     if out.exists() and not overwrite:
         raise OutputExistsError(str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    # What killed builds of this output left behind (their process is gone).
+    sweep_stale(out.parent, re.escape(out.name) + r"\.(?:building|old)")
+    tmp = pathlib.Path(
+        tempfile.mkdtemp(prefix=staging_prefix(f"{out.name}.building"), dir=out.parent)
+    )
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the artifact private
         if out.exists():
             if not overwrite:  # appeared while we were building
                 raise OutputExistsError(str(out))
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = pathlib.Path(
+                tempfile.mkdtemp(prefix=staging_prefix(f"{out.name}.old"), dir=out.parent)
+            )
             os.replace(out, old / out.name)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
