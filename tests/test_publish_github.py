@@ -178,3 +178,48 @@ def test_an_artifact_without_wasm_or_links_has_nothing_for_a_release(
     assert result.exit_code == 1
     assert "no .wasm" in result.stderr
     assert github.log == []
+
+
+@pytest.mark.parametrize(
+    "tag", ["v1/../../../../user?x=1", "v1~2", ".hidden", "v1.lock", "a..b", "v1/", "x:y"]
+)
+def test_a_tag_git_would_refuse_is_refused_before_any_request(
+    github: FakeGitHub, artifact: pathlib.Path, links: list[pathlib.Path], tag: str
+) -> None:
+    args = _args(artifact, links, github)
+    args[args.index(f"{OWNER_REPO}@{TAG}")] = f"{OWNER_REPO}@{tag}"
+    result = publish(args)
+    assert result.exit_code != 0 and "is not a valid tag name" in result.output
+    assert github.log == []
+
+
+def test_a_tag_with_a_slash_stays_one_path_segment(
+    github: FakeGitHub, artifact: pathlib.Path, links: list[pathlib.Path]
+) -> None:
+    args = _args(artifact, links, github)
+    args[args.index(f"{OWNER_REPO}@{TAG}")] = f"{OWNER_REPO}@release/v1"
+    result = publish(args)
+    assert result.exit_code == 0, result.output
+    (lookup, *_) = github.requests_to("GET", r"/releases/tags/")
+    assert lookup.path.endswith("/releases/tags/release%2Fv1")
+    assert github.stored(OWNER_REPO, "release/v1") == _expected(artifact, links)
+
+
+def test_the_token_never_goes_to_an_upload_url_on_another_host(
+    github: FakeGitHub, artifact: pathlib.Path, links: list[pathlib.Path]
+) -> None:
+    github.upload_base = github.url.replace("127.0.0.1", "localhost")
+    result = publish(_args(artifact, links, github))
+    assert result.exit_code != 0
+    assert "on host 'localhost'" in result.output and "the token is not sent" in result.output
+    assert github.requests_to("POST", r"/uploads/") == []
+    assert GITHUB_TOKEN not in result.output
+
+
+def test_an_api_url_off_this_machine_must_be_https(
+    artifact: pathlib.Path, links: list[pathlib.Path], github: FakeGitHub
+) -> None:
+    args = _args(artifact, links, github)
+    args[args.index(github.url)] = "http://api.example.invalid"
+    result = publish(args)
+    assert result.exit_code != 0 and "is not https" in result.output

@@ -170,3 +170,23 @@ def test_dry_run_lists_every_file_and_writes_nothing(hub: FakeHub, artifact: pat
     assert "would upload 3 of 10 files" in result.output
     assert "  replace  tokenizer.json  " in result.output
     assert "  skip     params_shard_0.bin  " in result.output
+
+
+def test_local_paths_stay_home(hub: FakeHub, artifact: pathlib.Path) -> None:
+    import json
+
+    manifest_path = artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    local = str(artifact.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    manifest["source"] = {"spec": local, "kind": "gguf", "files_sha256": {}}
+    manifest["mlc_llm"] = {"staging_dir": str(artifact.parent / ".x.building-1-abcdefgh")}
+    manifest_path.write_text(json.dumps(manifest))
+    result = publish(_args(artifact, hub))
+    assert result.exit_code == 0, result.output
+    published = hub.repos[REPO].files["manifest.json"].data.decode()
+    card = hub.repos[REPO].files["README.md"].data.decode()
+    for text in (published, card):
+        assert str(artifact.parent) not in text
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in published and "SmolLM2-135M" in card
+    assert json.loads(published)["files"] == manifest["files"]  # what readers check is intact
+    assert json.loads(manifest_path.read_text()) == manifest  # the local file is left alone

@@ -8,7 +8,9 @@ in one way: a file the manifest does not list is refused too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+import re
 from typing import Any
 
 from mlcpatch.manifest import MANIFEST, ManifestError, entry_problem, read_manifest
@@ -16,6 +18,7 @@ from mlcpatch.publish.errors import ArtifactError
 from mlcpatch.publish.payload import Payload
 
 _SHOWN_PROBLEMS = 3
+_LOCAL_PATH = re.compile(r"^(?:/|~/|[A-Za-z]:[\\/]|\\\\)")  # /x, ~/x, C:\x, \\server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,5 +62,22 @@ def validate_artifact(folder: pathlib.Path) -> Artifact:
         Payload(name, entry["size"], entry["sha256"], path=folder / name)
         for name, entry in listed.items()
     ]
-    files.append(Payload.from_file(MANIFEST, folder / MANIFEST))
-    return Artifact(folder=folder, manifest=manifest, files=files)
+    public = without_local_paths(manifest)
+    text = (folder / MANIFEST).read_text(encoding="utf-8")
+    if public != manifest:  # else the file goes as it is, byte for byte
+        text = json.dumps(public, indent=2) + "\n"
+    files.append(Payload.from_bytes(MANIFEST, text.encode("utf-8")))
+    return Artifact(folder=folder, manifest=public, files=files)
+
+
+def without_local_paths(value: Any) -> Any:
+    """`value` with every absolute path (the build's source file, staging folders) cut to its
+    last part: where files lay on the builder's machine is nobody else's business. The listed
+    files' names are relative, so what a reader verifies is unchanged."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and _LOCAL_PATH.match(value):
+        return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return value

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -42,7 +43,59 @@ class ReleaseRef:
         match = _RELEASE.match(text)
         if not match:
             raise PublishError(f"{text!r} is not OWNER/REPO@TAG")
+        if any(part in (".", "..") for part in match["repo"].split("/")):
+            raise PublishError(f"{text!r}: '.' and '..' are not repository names")
+        problem = ref_name_problem(match["tag"])
+        if problem:
+            raise PublishError(f"{text!r}: {match['tag']!r} is not a valid tag name ({problem})")
         return cls(match["repo"], match["tag"])
+
+    @property
+    def quoted_tag(self) -> str:
+        """The tag as one URL path segment: a '/' in a tag must not become a path step."""
+        return quote(self.tag, safe="")
+
+
+def ref_name_problem(name: str) -> str | None:
+    """What git's ref-name rules (git check-ref-format) have against `name`, or None."""
+    if not name or name == "@":
+        return "empty or '@'"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in " ~^:?*[\\" for c in name):
+        return "control characters, spaces and ~^:?*[\\ are not allowed"
+    if ".." in name or "@{" in name or "//" in name:
+        return "'..', '@{' and '//' are not allowed"
+    if name.startswith("/") or name.endswith(("/", ".")):
+        return "it may not start with '/' or end with '/' or '.'"
+    if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        return "no part may start with '.' or end with '.lock'"
+    return None
+
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _token_hosts(base_url: str) -> frozenset[str]:
+    """Hosts the token may go to: the API's, and its uploads host (api.X -> uploads.X)."""
+    host = urlsplit(base_url).hostname or ""
+    hosts = {host}
+    if host.startswith("api."):
+        hosts.add("uploads." + host[len("api.") :])
+    return frozenset(hosts)
+
+
+def check_url(url: str, hosts: frozenset[str], what: str) -> None:
+    """Refuse a URL the token must not be sent to: another host, or plain http off this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or (
+        parts.scheme == "http" and host not in _LOCAL_HOSTS
+    ):
+        raise PublishError(f"{what} {url.split('?')[0]!r} is not https: the token is not sent")
+    if host not in hosts:
+        raise PublishError(
+            f"{what} {url.split('?')[0]!r} is on host {host!r}, not one of "
+            f"{', '.join(sorted(hosts))}: the token is not sent there"
+        )
 
 
 class HTTPStatusError(PublishError):
@@ -83,6 +136,8 @@ class GitHubApi:
         console: Console,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._hosts = _token_hosts(self.base_url)
+        check_url(self.base_url, self._hosts, "the GitHub API URL")
         self._token = token
         self.policy = policy
         self.console = console
@@ -107,6 +162,7 @@ class GitHubApi:
         """One attempt; raises TransientError for statuses worth retrying."""
         if not url.startswith(("http://", "https://")):
             url = self.base_url + url
+        check_url(url, self._hosts, f"GitHub {method}")  # URLs the API hands back included
         headers = dict(kwargs.pop("headers", {}))
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
@@ -161,7 +217,7 @@ class ReleasePublisher:
     def _find_release(self) -> dict[str, Any] | None:
         try:
             return self.api.request(
-                "GET", f"/repos/{self.ref.repo}/releases/tags/{self.ref.tag}"
+                "GET", f"/repos/{self.ref.repo}/releases/tags/{self.ref.quoted_tag}"
             ).json()
         except HTTPStatusError as exc:
             if exc.status == 404:

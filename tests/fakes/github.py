@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from urllib.parse import unquote
 
 from fakes.http import FakeServer, Request, Response
 
@@ -37,6 +38,7 @@ class FakeGitHub(FakeServer):
         self.digests = digests
         self.page_size = page_size
         self.corrupt_uploads = 0
+        self.upload_base: str | None = None  # hand out upload URLs on another base (a test)
         self.releases: dict[int, Release] = {}
         self.assets: dict[int, Asset] = {}
         self._next_id = 1
@@ -78,7 +80,8 @@ class FakeGitHub(FakeServer):
             "name": release.tag,
             "url": base,
             "assets_url": f"{base}/assets",
-            "upload_url": f"{self.url}/uploads/repos/{release.repo}/releases/{release.id}"
+            "upload_url": f"{self.upload_base or self.url}/uploads/repos/{release.repo}"
+            f"/releases/{release.id}"
             "/assets{?name,label}",
             "assets": [
                 self._asset_json(a) for a in self.assets.values() if a.release_id == release.id
@@ -103,7 +106,7 @@ class FakeGitHub(FakeServer):
         if denied := self._auth(request, write=False):
             return denied
         for release in self.releases.values():
-            if (release.repo, release.tag) == (args["repo"], args["tag"]):
+            if (release.repo, release.tag) == (args["repo"], unquote(args["tag"])):
                 return Response.json(200, self._release_json(release))
         return Response.json(404, {"message": "Not Found"})
 
