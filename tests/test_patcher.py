@@ -442,3 +442,177 @@ def test_several_model_classes_need_a_choice(models: Path) -> None:
         _method(_class(ast.parse(path.read_text()), "Qwen2LikeLMHeadModel"), "get_last_hidden")
         is None
     )
+
+
+# --- odd encodings, file metadata and size --------------------------------------------------------
+
+
+def test_lone_cr_line_endings_are_refused_cleanly(models: Path) -> None:
+    path = models / "qwen2_untied.py"
+    original = path.read_bytes().replace(b"\n", b"\r")
+    path.write_bytes(original)
+    with pytest.raises(PatchError, match=r"qwen2_untied.py:1: line ends with a lone carriage"):
+        patch_file(path)
+    code, _, err = run("patch", str(path), "--check")
+    assert code == CANNOT_PATCH and "lone carriage return" in err
+    for extra in ([], ["--diff"], ["--revert"]):
+        code, _, err = run("patch", str(path), *extra)
+        assert code == CANNOT_PATCH and len(err.strip().splitlines()) == 1, (extra, err)
+    assert path.read_bytes() == original
+    # One stray CR in a CRLF file: the line is named as Python counts lines.
+    crlf = (models / "llama_has_hidden.py").read_bytes().replace(b"\n", b"\r\n")
+    lines = crlf.split(b"\r\n")
+    lines[4] += b"\r"
+    path.write_bytes(b"\r\n".join(lines))
+    assert check_file(path).message.startswith(f"cannot be patched: {path}:5: line ends with")
+
+
+def test_check_reports_a_crash_as_cannot_patch(models: Path, monkeypatch) -> None:
+    def crash(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr("mlcpatch.patcher.command.check_file", crash)
+    code, _, err = run("patch", str(models / "qwen2_untied.py"), "--check")
+    assert code == CANNOT_PATCH and "internal error: IndexError" in err
+
+
+def test_bom_files_patch_and_keep_their_bom(models: Path) -> None:
+    bom = b"\xef\xbb\xbf"
+    path = models / "qwen2_untied.py"
+    original = bom + path.read_bytes()
+    path.write_bytes(original)
+    assert check_file(path).code == NOT_PATCHED
+    result = patch_file(path)
+    patched = path.read_bytes()
+    assert result.changed and patched.startswith(bom) and not patched[3:].startswith(bom)
+    assert b"def get_last_hidden" in patched
+    compile(patched, str(path), "exec")  # Python itself accepts the BOM
+    assert result.backup is not None and result.backup.read_bytes() == original
+    assert check_file(path).code == PATCHED
+    assert not patch_file(path).changed
+    revert_file(path)
+    assert path.read_bytes() == original
+    # A parent module with a BOM is followed as well.
+    parent = models / "pkg/mlc_llm/model/base_family/base_family_model.py"
+    parent.write_bytes(bom + parent.read_bytes())
+    assert patch_file(models / CHILD).changed
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o755])
+def test_patched_file_and_backup_keep_the_permission_bits(models: Path, mode: int) -> None:
+    path = models / "qwen2_untied.py"
+    path.chmod(mode)
+    result = patch_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert result.backup is not None and stat.S_IMODE(result.backup.stat().st_mode) == mode
+    reverted = revert_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(reverted.backup.stat().st_mode) == mode
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_root_keeps_the_owner_and_group(models: Path) -> None:
+    path = models / "qwen2_untied.py"
+    os.chown(path, 12345, 23456)
+    result = patch_file(path)
+    for written in (path, result.backup):
+        info = written.stat()
+        assert (info.st_uid, info.st_gid) == (12345, 23456), written
+    assert not [n for n in result.notes if "owned by" in n]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_an_owner_that_cannot_be_kept_is_reported(models: Path, monkeypatch) -> None:
+    path = models / "qwen2_untied.py"
+    os.chown(path, 12345, 23456)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)  # what a non-root user gets
+    code, out, _ = run("patch", str(path))
+    assert code == 0
+    assert "note: " in out and "(was uid 12345, gid 23456)" in out
+
+
+def test_hard_links_are_left_with_the_old_content_and_reported(models: Path) -> None:
+    path = models / "qwen2_untied.py"
+    original = path.read_bytes()
+    other = models / "other_name.py"
+    os.link(path, other)
+    code, out, _ = run("patch", str(path))
+    assert code == 0
+    assert f"note: {path} had 1 other hard link; it is now a separate file" in out
+    assert b"get_last_hidden" in path.read_bytes() and other.read_bytes() == original
+    assert path.stat().st_nlink == 1
+    code, out, _ = run("patch", str(path), "--revert")
+    assert code == 0 and "hard link" not in out
+
+
+def test_the_folder_is_fsynced_after_the_rename(models: Path, monkeypatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    patch_file(models / "qwen2_untied.py")
+    # Backup, then the file: each written and fsynced, renamed, and its folder fsynced.
+    assert events == ["fsync file", "replace", "fsync dir"] * 2
+
+
+def test_files_too_large_for_a_model_are_refused(models: Path) -> None:
+    from mlcpatch.patcher.source import MAX_SOURCE_BYTES
+
+    path = models / "qwen2_untied.py"
+    text = path.read_text()
+    padding = "# padding\n" * (MAX_SOURCE_BYTES // 10 + 1)
+    path.write_text(text + padding)
+    before = path.read_bytes()
+    for extra in ([], ["--check"], ["--diff"], ["--revert"]):
+        code, _, err = run("patch", str(path), *extra)
+        assert code == CANNOT_PATCH and "too large for a model definition" in err, (extra, err)
+    assert path.read_bytes() == before
+    assert not list(models.glob("*.mlcpatch-bak*"))
+
+
+def test_work_grows_linearly_with_the_number_of_classes(models: Path, monkeypatch) -> None:
+    """Every class's bases are looked up; each lookup must not rescan the whole module."""
+    import mlcpatch.patcher.modules as modules
+
+    count = 400
+    path = models / "qwen2_untied.py"
+    fillers = "".join(f"\n\nclass Filler{i}(Qwen2LikeModel):\n    pass\n" for i in range(count))
+    path.write_text(path.read_text() + fillers)
+    calls = 0
+    real = modules._bound_names
+
+    def counted(stmt):
+        nonlocal calls
+        calls += 1
+        return real(stmt)
+
+    monkeypatch.setattr(modules, "_bound_names", counted)
+    result = patch_file(path)
+    assert result.changed and check_file(path).code == PATCHED
+    statements = len(ast.parse(path.read_text()).body)
+    assert calls < 10 * statements  # one scan per parse, not one per class (count**2)
+
+
+def test_source_segments_match_ast(models: Path) -> None:
+    from mlcpatch.patcher.source import SourceFile
+
+    text = (models / "qwen2_untied.py").read_text()
+    text += 'x = {"caf\u00e9": (1,\n      "\u00fc")}  # non-ASCII columns\n'
+    for variant in (text, text.replace("\n", "\r\n")):
+        source = SourceFile.from_text(models / "x.py", variant)
+        for node in ast.walk(source.tree):
+            if isinstance(node, ast.expr | ast.stmt):
+                assert source.segment(node) == ast.get_source_segment(variant, node)

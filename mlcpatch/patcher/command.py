@@ -75,8 +75,15 @@ def patch_command(
     The patch reads the code with `ast`: it finds the class whose get_default_spec() lists
     prefill/decode (following imports to a parent class in another module if needed), sees how
     prefill/decode run the decoder stack, and inserts two methods plus their spec entries as
-    marked blocks. Every other line stays byte-identical. Patching twice is a no-op; the file
-    is written atomically and the previous content is kept as FILE.mlcpatch-bak.
+    marked blocks. Every other line stays byte-identical. Patching twice is a no-op.
+
+    \b
+    Writing: a new file is written next to FILE and renamed over it (then the folder is
+    fsynced). It keeps FILE's permission bits and, when run as root, its owner and group (a
+    note says when the owner could not be kept). Other hard links to FILE keep the old
+    content (a note says so). The previous content is kept as FILE.mlcpatch-bak, with the
+    same permission bits. Files with a UTF-8 BOM keep it; files with lone-CR (old Mac) line
+    endings or over 2 MiB are refused.
 
     \b
     Examples:
@@ -97,7 +104,11 @@ def patch_command(
     if mode == "check":
         if show_diff:
             _fail("--check and --diff cannot be combined")
-        result = check_file(path, class_name=name)
+        try:
+            result = check_file(path, class_name=name)
+        except Exception as err:  # a crash must not read as exit 1, "not patched"
+            _fail(f"{path}: internal error: {type(err).__name__}: {err}")
+            return
         click.echo(result.message, err=result.code == CANNOT_PATCH)
         sys.exit(result.code)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,14 @@ from mlcpatch.patcher.files import atomic_write, check_target, write_backup
 from mlcpatch.patcher.generate import apply_insertions, build_insertions
 from mlcpatch.patcher.markers import find_blocks, short_hash, strip_blocks
 from mlcpatch.patcher.modules import ClassRef, ModuleGraph
-from mlcpatch.patcher.source import SourceFile, decode_source, parse_source
+from mlcpatch.patcher.source import (
+    BOM,
+    SourceFile,
+    decode_source,
+    gc_paused,
+    parse_source,
+    read_source,
+)
 
 # Exit codes of `--check`, as the CLI promises them.
 PATCHED, NOT_PATCHED, CANNOT_PATCH = 0, 1, 2
@@ -54,8 +62,10 @@ def unified_diff(before: str, after: str, path: Path) -> str:
     )
 
 
-def _read(path: Path) -> str:
-    return decode_source(path.read_bytes(), path)
+def _read(path: Path) -> tuple[bytes, str, bytes]:
+    """The file's bytes, its text, and the byte-order mark to write back before the text."""
+    data = read_source(path)
+    return data, decode_source(data, path), BOM if data.startswith(BOM) else b""
 
 
 def _original_of(text: str, path: Path, *, force: bool) -> tuple[str, bool]:
@@ -84,21 +94,24 @@ def _original_of(text: str, path: Path, *, force: bool) -> tuple[str, bool]:
 
 def plan(path: Path, text: str, class_name: str | None = None) -> tuple[str, ModelAnalysis]:
     """Patched text for unpatched `text` (not written anywhere)."""
-    source = SourceFile.from_text(path, text)
-    analysis = analyze(ModuleGraph(source), class_name)
-    patched = apply_insertions(text, build_insertions(analysis, text))
-    verify_text(path, patched, analysis.target.node.name)
+    with gc_paused():  # see gc_paused: the trees are large and hold no cycles
+        source = SourceFile.from_text(path, text)
+        analysis = analyze(ModuleGraph(source), class_name)
+        patched = apply_insertions(text, build_insertions(analysis, text))
+        verify_text(path, patched, analysis.target.node.name)
     return patched, analysis
 
 
 def verify_text(path: Path, text: str, class_name: str) -> None:
     """The patched file compiles and its class has both methods, both spec entries, and
     signatures that mirror prefill/decode."""
-    try:
-        compile(text, str(path), "exec")
+    try:  # parse once; compiling the tree adds the checks that only the compiler makes
+        with gc_paused():
+            tree = ast.parse(text, filename=str(path))
+            compile(tree, str(path), "exec")
     except SyntaxError as err:  # a bug in the generator, never the user's fault
         raise PatchError(f"{path}: internal error: patched code does not compile: {err}") from None
-    source = SourceFile.from_text(path, text)
+    source = SourceFile(path, text, tree)
     graph = ModuleGraph(source)
     node = next(n for n in source.tree.body if getattr(n, "name", None) == class_name)
     problems = patched_problems(graph, ClassRef(source, node))
@@ -116,7 +129,7 @@ def patch_file(
     """Add get_last_hidden/decode_last_hidden to the model in `path` (idempotent)."""
     path = Path(path)
     check_target(path, write=not dry_run)
-    text = _read(path)
+    data, text, bom = _read(path)
     original, has_blocks = _original_of(text, path, force=False)
     patched, analysis = plan(path, original, class_name)
     name = analysis.target.node.name
@@ -130,8 +143,8 @@ def patch_file(
         notes.append("exported functions: " + ", ".join(exported))
     result = PatchResult(path, "patched", True, name, mode, text, patched, notes=notes)
     if not dry_run:
-        result.backup = write_backup(path, text.encode("utf-8"))
-        atomic_write(path, patched.encode("utf-8"))
+        result.backup = write_backup(path, data)
+        result.notes += atomic_write(path, bom + patched.encode("utf-8"))
     return result
 
 
@@ -139,15 +152,15 @@ def revert_file(path: Path, *, force: bool = False, dry_run: bool = False) -> Pa
     """Remove the patch, restoring the original byte for byte."""
     path = Path(path)
     check_target(path, write=not dry_run)
-    text = _read(path)
+    data, text, bom = _read(path)
     parse_source(text, path)  # refuse files that are not Python at all
     original, has_blocks = _original_of(text, path, force=force)
     if not has_blocks:
         return PatchResult(path, "not patched", False, before=text, after=text)
     result = PatchResult(path, "reverted", True, before=text, after=original)
     if not dry_run:
-        result.backup = write_backup(path, text.encode("utf-8"))
-        atomic_write(path, original.encode("utf-8"))
+        result.backup = write_backup(path, data)
+        result.notes += atomic_write(path, bom + original.encode("utf-8"))
     return result
 
 
@@ -156,11 +169,13 @@ def check_file(path: Path, *, class_name: str | None = None) -> CheckResult:
     path = Path(path)
     try:
         check_target(path, write=False)
-        text = _read(path)
+        _, text, _ = _read(path)
         original, has_blocks = _original_of(text, path, force=False)
         patched, analysis = plan(path, original, class_name)
     except PatchError as err:
         return CheckResult(CANNOT_PATCH, f"cannot be patched: {err}")
+    except OSError as err:
+        return CheckResult(CANNOT_PATCH, f"cannot be patched: {err.filename}: {err.strerror}")
     name = analysis.target.node.name
     if has_blocks:
         return CheckResult(

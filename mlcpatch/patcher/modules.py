@@ -84,6 +84,9 @@ class ModuleGraph:
         self.entry = entry
         self.layout = PackageLayout.of(entry.path)
         self._files: dict[Path, SourceFile] = {entry.path.resolve(): entry}
+        # id(source) -> (source, name -> binding statement); built once per file, so that looking
+        # up every class's bases stays linear in the file's size.
+        self._bindings: dict[int, tuple[SourceFile, dict[str, ast.stmt]]] = {}
 
     def load(self, path: Path) -> SourceFile:
         key = path.resolve()
@@ -101,11 +104,14 @@ class ModuleGraph:
 
     def find_binding(self, source: SourceFile, name: str) -> ast.stmt | None:
         """The top-level statement of `source` that binds `name` (last one wins, as at run time)."""
-        found: ast.stmt | None = None
-        for stmt in source.tree.body:
-            if name in _bound_names(stmt):
-                found = stmt
-        return found
+        cached = self._bindings.get(id(source))
+        if cached is None or cached[0] is not source:
+            index: dict[str, ast.stmt] = {}
+            for stmt in source.tree.body:
+                for bound in _bound_names(stmt):
+                    index[bound] = stmt
+            cached = self._bindings[id(source)] = (source, index)
+        return cached[1].get(name)
 
     def resolve_class(self, source: SourceFile, expr: ast.expr, depth: int = 0) -> ClassRef:
         """Find the ClassDef that a base-class expression (`Foo` or `mod.Foo`) refers to."""
