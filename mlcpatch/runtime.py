@@ -1,6 +1,6 @@
 """Running an artifact folder on the CPU from Python.
 
-The verbs mirror the JS engine's (see DESIGN.md): ``embed``, ``prefill``, ``decode``,
+The verbs mirror the JS engine's (see docs/DESIGN.md): ``embed``, ``prefill``, ``decode``,
 ``get_last_hidden``, ``decode_last_hidden``, ``reset`` and ``generate``. One KV-cache sequence
 is live at a time; every call that runs the model appends to it (``get_last_hidden`` included,
 exactly like ``prefill``), and ``reset`` starts a fresh one.

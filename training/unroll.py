@@ -1,4 +1,4 @@
-"""The latent loop of DESIGN.md, differentiable: the module the trainer optimises.
+"""The latent loop of docs/DESIGN.md, differentiable: the module the trainer optimises.
 
 Only `links` is a registered submodule, so optimisers, DDP and checkpoints see link parameters
 and nothing else; the frozen backbones hang off plain attributes.

@@ -1,4 +1,4 @@
-"""The models agents run on. Both backends expose the verbs of DESIGN.md with numpy in and out.
+"""The models agents run on. Both backends expose the verbs of docs/DESIGN.md with numpy in and out.
 
 - the compiled CPU runtime (`mlcpatch.runtime.Runtime`, an artifact folder) already has them;
 - `TorchBackend` wraps a Hugging Face model in PyTorch (the trainer's way; GPUs when present).

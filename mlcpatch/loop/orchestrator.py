@@ -1,4 +1,4 @@
-"""The loop itself, latent and text, step by step as DESIGN.md fixes it.
+"""The loop itself, latent and text, step by step as docs/DESIGN.md fixes it.
 
 For each round, for each agent in pattern order:
 1. build its input from its template; what the agents it receives from handed over goes in the
