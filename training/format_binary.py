@@ -1,4 +1,4 @@
-"""The compact link file of docs/DESIGN.md: links.safetensors (f16/f32) plus a links.json manifest."""
+"""The compact link file of docs/DESIGN.md: links.safetensors (f16/f32) plus links.json."""
 
 from __future__ import annotations
 
