@@ -106,8 +106,9 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
 
 
 def linked_builds(tmp_path_factory: Any, names: list[str]) -> pathlib.Path:
-    """A fresh folder holding symlinks to the session's builds of ``names`` (for tests that
-    serve just those models). Fails the test, naming the cause, without the WebGPU toolchain."""
+    """A fresh folder holding copies of the session's builds of ``names`` (for tests that serve
+    just those models; copies, since the server refuses symlinks that leave its root). Fails the
+    test, naming the cause, without the WebGPU toolchain."""
     import pytest
 
     from mlcpatch.recipes.toolchain import ToolchainError, find_toolchain
@@ -119,7 +120,7 @@ def linked_builds(tmp_path_factory: Any, names: list[str]) -> pathlib.Path:
     built = build_models(tmp_path_factory.mktemp("webgpu-builds"), names)
     root = tmp_path_factory.mktemp("webgpu-artifacts")
     for name, folder in built.items():
-        (root / name).symlink_to(folder.resolve(), target_is_directory=True)
+        shutil.copytree(folder, root / name)
     return root
 
 

@@ -13,6 +13,7 @@ Also: Engine.load refuses contextWindowSize / prefillChunkSize above the model's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import shutil
@@ -53,6 +54,15 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     config = json.loads(config_path.read_text())
     config["model_config"]["runtime_limits"] = dict(LIMITS)
     config_path.write_text(json.dumps(config, indent=2))
+    # The edited config is still this folder's: list its new size and sha256 in the manifest.
+    manifest_path = limited / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    body = config_path.read_bytes()
+    manifest["files"]["mlc-chat-config.json"] = {
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     return root
 
 

@@ -76,6 +76,7 @@ async function fetchOk(url, what, signal) {
   try {
     response = await fetch(url, { signal });
   } catch (err) {
+    if (signal?.aborted) throw err;
     throw new ArtifactError(`cannot fetch ${what} (${url}): ${err}`);
   }
   if (!response.ok) {
@@ -84,22 +85,295 @@ async function fetchOk(url, what, signal) {
   return response;
 }
 
-/** Download with byte progress (the wasm is the one large file fetched outside tvmjs). */
+/**
+ * Download with byte progress (the wasm is the one large file fetched outside tvmjs): a
+ * Uint8Array over a whole ArrayBuffer. Content-Length only sizes the progress: a compressed
+ * response has more bytes than it says.
+ */
 async function fetchBytes(url, what, onBytes, signal) {
   const response = await fetchOk(url, what, signal);
   const total = Number(response.headers.get("Content-Length")) || 0;
   if (!response.body || !total) return new Uint8Array(await response.arrayBuffer());
-  const bytes = new Uint8Array(total);
+  let bytes = new Uint8Array(total);
   const reader = response.body.getReader();
   let loaded = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
+    if (loaded + value.length > bytes.length) {
+      const grown = new Uint8Array(Math.max(2 * bytes.length, loaded + value.length));
+      grown.set(bytes.subarray(0, loaded));
+      bytes = grown;
+    }
     bytes.set(value, loaded);
     loaded += value.length;
-    onBytes(loaded, total);
+    onBytes(loaded, Math.max(total, loaded));
   }
-  return loaded === total ? bytes : bytes.slice(0, loaded);
+  return loaded === bytes.length ? bytes : bytes.slice(0, loaded);
+}
+
+// --- the manifest ---------------------------------------------------------------------------
+//
+// manifest.json is required and follows mlcpatch/manifest.py: {"format": 1, ..., "files":
+// {"<relative posix path>": {"size", "sha256"}}} lists every file but itself. Every file the
+// engine opens must be listed and is checked (size, SHA-256) as it arrives, before it is used.
+// The hashes catch corruption (a cut download, a disk or cache error), not tampering: whoever
+// can write the folder can rewrite its manifest too, and an artifact is trusted content (its
+// library is code the page runs).
+
+const MANIFEST = "manifest.json";
+const CHAT_CONFIG = "mlc-chat-config.json";
+const TENSOR_CACHE = "tensor-cache.json";
+const KNOWN_FORMATS = [1];
+const SHA256 = /^[0-9a-f]{64}$/;
+const CORRUPTED = "the artifact (or its download) is corrupted: rebuild it";
+
+function isObject(value) {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** A plain relative posix path: no leading '/', no '\', no '', '.' or '..' part. */
+function safeRelative(name) {
+  if (typeof name !== "string" || !name || name.includes("\\") || name.includes("\0")) {
+    return false;
+  }
+  return !name.startsWith("/") && name.split("/").every((p) => p !== "" && p !== "." && p !== "..");
+}
+
+async function sha256Hex(bytes) {
+  if (!globalThis.crypto?.subtle) {
+    throw new ArtifactError(
+      "cannot check the artifact's files: crypto.subtle is unavailable (the page needs a " +
+        "secure context: https, or http on localhost)",
+    );
+  }
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** An artifact folder's manifest: which names may be fetched, and their sizes and hashes. */
+class ArtifactFiles {
+  constructor(base, manifest) {
+    this.base = base;
+    this.manifest = manifest;
+    this.files = manifest.files;
+  }
+
+  /** Fetch and check manifest.json (the rules of mlcpatch/manifest.py's read_manifest). */
+  static async open(base, signal) {
+    const url = base + MANIFEST;
+    let response;
+    try {
+      response = await fetch(url, { signal });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      throw new ArtifactError(`cannot fetch ${MANIFEST} (${url}): ${err}`);
+    }
+    if (response.status === 404) {
+      throw new ArtifactError(`${base}: no ${MANIFEST} (is this an artifact folder?)`);
+    }
+    if (!response.ok) {
+      throw new ArtifactError(`cannot fetch ${MANIFEST} (${url}): HTTP ${response.status}`);
+    }
+    let manifest;
+    try {
+      manifest = JSON.parse(await response.text());
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      throw new ArtifactError(`${url}: not valid JSON (${err.message ?? err})`);
+    }
+    if (!isObject(manifest)) throw new ArtifactError(`${url}: expected a JSON object`);
+    if (!KNOWN_FORMATS.includes(manifest.format)) {
+      throw new ArtifactError(
+        `${url}: unknown manifest format ${JSON.stringify(manifest.format)} ` +
+          `(this engine reads ${KNOWN_FORMATS.join(", ")})`,
+      );
+    }
+    const files = manifest.files;
+    if (!isObject(files) || Object.keys(files).length === 0) {
+      throw new ArtifactError(`${url}: no "files" table (a non-empty object of name -> entry)`);
+    }
+    for (const [name, entry] of Object.entries(files)) {
+      if (!safeRelative(name) || name === MANIFEST) {
+        throw new ArtifactError(
+          `${url}: ${JSON.stringify(name)} is not a valid file name in an artifact`,
+        );
+      }
+      if (
+        !isObject(entry) ||
+        !Number.isSafeInteger(entry.size) ||
+        entry.size < 0 ||
+        typeof entry.sha256 !== "string" ||
+        !SHA256.test(entry.sha256)
+      ) {
+        throw new ArtifactError(
+          `${url}: entry ${JSON.stringify(name)} needs an integer size and a sha256`,
+        );
+      }
+    }
+    return new ArtifactFiles(base, manifest);
+  }
+
+  listed(name) {
+    return Object.hasOwn(this.files, name);
+  }
+
+  /**
+   * A name the folder's own files give (library, shard): refused unless a safe relative path
+   * that, resolved as a URL against the folder's (as tvmjs does), names the same file.
+   */
+  requireInside(name, what) {
+    if (!safeRelative(name) || this.nameOf(new URL(name, this.base).href) !== name) {
+      throw new ArtifactError(
+        `${this.base}: ${what} ${JSON.stringify(name)} is not a relative path inside the folder`,
+      );
+    }
+  }
+
+  /** Files the engine will open must be listed, so a hash covers each of them. */
+  requireListed(names) {
+    const missing = names.filter((n) => !this.listed(n));
+    if (missing.length) {
+      throw new ArtifactError(
+        `${this.base}${MANIFEST} does not list ${missing.slice(0, 3).join(", ")}` +
+          (missing.length > 3 ? ` and ${missing.length - 3} more` : "") +
+          ": the artifact is incomplete or was not built by mlcpatch",
+      );
+    }
+  }
+
+  urlOf(name) {
+    return this.base + name.split("/").map(encodeURIComponent).join("/");
+  }
+
+  /** The file name a URL inside the folder stands for; null for any other URL. */
+  nameOf(url) {
+    let parsed;
+    try {
+      parsed = new URL(url);
+    } catch {
+      return null;
+    }
+    if (parsed.search || parsed.hash) return null;
+    const plain = parsed.origin + parsed.pathname;
+    if (!plain.startsWith(this.base)) return null;
+    try {
+      const name = plain.slice(this.base.length).split("/").map(decodeURIComponent).join("/");
+      return safeRelative(name) ? name : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Throws an ArtifactError naming the file unless `bytes` match its manifest entry. */
+  async verify(name, bytes) {
+    if (!this.listed(name)) this.requireListed([name]);
+    const entry = this.files[name];
+    const where = this.base + name;
+    if (bytes.byteLength !== entry.size) {
+      throw new ArtifactError(
+        `${where}: ${bytes.byteLength} bytes, ${MANIFEST} says ${entry.size}; ${CORRUPTED}`,
+      );
+    }
+    const actual = await sha256Hex(bytes);
+    if (actual !== entry.sha256) {
+      throw new ArtifactError(
+        `${where}: sha256 mismatch (${actual.slice(0, 12)}…, ${MANIFEST} says ` +
+          `${entry.sha256.slice(0, 12)}…); ${CORRUPTED}`,
+      );
+    }
+  }
+
+  /** A listed file's bytes (a Uint8Array over a whole ArrayBuffer), checked. */
+  async fetch(name, what, signal, onBytes = () => {}) {
+    this.requireListed([name]);
+    const bytes = await fetchBytes(this.urlOf(name), what, onBytes, signal);
+    await this.verify(name, bytes);
+    return bytes;
+  }
+
+  parseJson(name, bytes) {
+    try {
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch (err) {
+      throw new ArtifactError(`${this.base}${name}: not valid JSON (${err.message ?? err})`);
+    }
+  }
+
+  /** tensor-cache.json's shards: each dataPath a listed name inside the folder. */
+  checkTensorCache(cache) {
+    const records = isObject(cache) ? cache.records : undefined;
+    if (!Array.isArray(records) || !records.every(isObject)) {
+      throw new ArtifactError(`${this.base}${TENSOR_CACHE}: no list of shard records`);
+    }
+    for (const shard of records) this.requireInside(shard.dataPath, "weight shard");
+    this.requireListed(records.map((shard) => shard.dataPath));
+  }
+}
+
+/**
+ * The Cache Storage cache tvmjs loads tensor-cache.json and the weight shards through, with
+ * each file checked against the manifest as it comes out: a bad one is dropped from the cache
+ * (the next load downloads it again) and the load fails naming it.
+ */
+class VerifyingCache {
+  constructor(inner, files) {
+    this.inner = inner;
+    this.files = files;
+  }
+
+  #name(url) {
+    const name = this.files.nameOf(url);
+    if (name === null) {
+      throw new ArtifactError(`${url}: not a file of the artifact folder ${this.files.base}`);
+    }
+    this.files.requireListed([name]);
+    return name;
+  }
+
+  async fetchWithCache(url, storetype, signal) {
+    const name = this.#name(url);
+    let buffer;
+    try {
+      buffer = await this.inner.fetchWithCache(url, "arraybuffer", signal);
+    } catch (err) {
+      if (signal?.aborted || err instanceof ArtifactError) throw err;
+      throw new ArtifactError(`cannot fetch ${name} (${url}): ${err}`);
+    }
+    const bytes = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
+    try {
+      await this.files.verify(name, bytes);
+    } catch (err) {
+      await Promise.resolve(this.inner.deleteInCache(url)).catch(() => {});
+      throw err;
+    }
+    const kind = storetype?.toLowerCase();
+    if (kind === "json") {
+      const value = this.files.parseJson(name, bytes);
+      if (name === TENSOR_CACHE) this.files.checkTensorCache(value);
+      return value;
+    }
+    if (kind === "arraybuffer") return buffer;
+    return new Response(bytes);
+  }
+
+  async addToCache(url, storetype, signal) {
+    const name = this.#name(url);
+    try {
+      return await this.inner.addToCache(url, storetype, signal);
+    } catch (err) {
+      if (signal?.aborted || err instanceof ArtifactError) throw err;
+      throw new ArtifactError(`cannot fetch ${name} (${url}): ${err}`);
+    }
+  }
+
+  hasAllKeys(keys) {
+    return this.inner.hasAllKeys(keys);
+  }
+
+  deleteInCache(url) {
+    return this.inner.deleteInCache(url);
+  }
 }
 
 function specialTokens(tokenizerJson) {
@@ -144,10 +418,13 @@ export class Engine {
     };
 
     report("config", 0, "Reading the model's configuration");
-    const config = await (await fetchOk(base + "mlc-chat-config.json", "config")).json();
-    const manifest = await fetch(base + "manifest.json")
-      .then((r) => (r.ok ? r.json() : null))
-      .catch(() => null);
+    const files = await ArtifactFiles.open(base, options.signal);
+    const config = files.parseJson(
+      CHAT_CONFIG,
+      await files.fetch(CHAT_CONFIG, "the config", options.signal),
+    );
+    if (!isObject(config)) throw new ArtifactError(`${base}${CHAT_CONFIG}: expected a JSON object`);
+    const manifest = files.manifest;
     checkRuntimeLimits(base, config, options);
     const wasmName = config.model_lib?.webgpu;
     if (!wasmName) {
@@ -156,6 +433,13 @@ export class Engine {
           `${Object.keys(config.model_lib ?? {}).join(", ") || "nothing"}); rebuild it with ` +
           "`mlcpatch build ... --target llvm,webgpu`",
       );
+    }
+    // Everything fetched below is named by the folder's own files: keep each inside it, and
+    // listed, so a hash covers all of it (the shards are checked when tensor-cache.json comes).
+    files.requireInside(wasmName, "library");
+    files.requireListed([CHAT_CONFIG, TENSOR_CACHE, wasmName, ...tokenizerFiles(base, config)]);
+    if (!Array.isArray(manifest.param_names) || manifest.param_names.length === 0) {
+      throw new ArtifactError(`${base}${MANIFEST}: no param_names list`);
     }
     let device = options.device;
     if (!device) {
@@ -168,12 +452,12 @@ export class Engine {
     finish("config");
 
     const wasm = await timed("fetchWasmMs", () =>
-      fetchBytes(
-        base + wasmName,
+      files.fetch(
+        wasmName,
         "the WebGPU library",
+        options.signal,
         (loaded, total) =>
           report("wasm", loaded / total, `Downloading ${wasmName} (${mb(loaded)}/${mb(total)} MB)`),
-        options.signal,
       ),
     );
     const logger = options.logger ?? (() => {});
@@ -194,13 +478,19 @@ export class Engine {
     const dev = tvm.webgpu();
     const cacheScope = options.cacheScope ?? weightsCacheScope(manifest);
     report("weights", 0, "Downloading weights");
+    // tvmjs fetches tensor-cache.json and the shards through this cache (Cache Storage): each
+    // is checked against the manifest as it comes out of it, the shards' names before any of
+    // them is fetched.
+    const artifactCache = new VerifyingCache(tvmjs.createArtifactCache(cacheScope), files);
     await timed("fetchWeightsMs", () =>
-      tvm.fetchTensorCache(base, dev, { cacheScope, signal: options.signal }),
+      tvm.fetchTensorCache(base, dev, { cacheScope, artifactCache, signal: options.signal }),
     );
     finish("weights");
 
     report("tokenizer", 0, "Loading the tokenizer");
-    const tokenizer = await timed("tokenizerMs", () => loadTokenizer(base, config));
+    const tokenizer = await timed("tokenizerMs", () =>
+      loadTokenizer(base, config, files, options.signal),
+    );
     finish("tokenizer");
 
     const engine = new Engine(tvm, dev, device, config, manifest, tokenizer, options);
@@ -238,8 +528,7 @@ export class Engine {
     for (const name of FUNCTIONS) {
       this.fn[name] = tvm.detachFromCurrentScope(vm.getFunction(name));
     }
-    const paramNames = manifest?.param_names ?? tvm.cacheMetadata?.param_names;
-    if (!paramNames) throw new ArtifactError("manifest.json lists no param_names");
+    const paramNames = manifest.param_names;
     this.params = tvm.detachFromCurrentScope(tvm.getParamsFromCacheByName(paramNames));
     const global = (name) => tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
     this.kvAdd = global("vm.builtin.kv_state_add_sequence");
@@ -599,21 +888,31 @@ function weightsCacheScope(manifest) {
   return sha ? `mlcpatch-${sha.slice(0, 16)}` : "mlcpatch";
 }
 
-async function loadTokenizer(base, config) {
+// The tokenizer files loadTokenizer fetches, from the config's tokenizer_files.
+function tokenizerFiles(base, config) {
   const files = new Set(config.tokenizer_files ?? []);
   if (!files.has("tokenizer.json")) {
     throw new ArtifactError(`${base}: the engine needs tokenizer.json (has ${[...files]})`);
   }
-  const raw = await (await fetchOk(base + "tokenizer.json", "tokenizer.json")).arrayBuffer();
-  const tokenizer = await Tokenizer.fromJSON(raw);
-  const special = specialTokens(JSON.parse(new TextDecoder().decode(raw)));
+  return ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"].filter((n) =>
+    files.has(n),
+  );
+}
+
+async function loadTokenizer(base, config, artifact, signal) {
+  const files = new Set(tokenizerFiles(base, config));
+  const raw = await artifact.fetch("tokenizer.json", "tokenizer.json", signal);
+  const tokenizer = await Tokenizer.fromJSON(raw.buffer);
+  const special = specialTokens(artifact.parseJson("tokenizer.json", raw));
   let tokConfig = {};
   if (files.has("tokenizer_config.json")) {
-    tokConfig = await (await fetchOk(base + "tokenizer_config.json", "tokenizer config")).json();
+    const bytes = await artifact.fetch("tokenizer_config.json", "tokenizer config", signal);
+    tokConfig = artifact.parseJson("tokenizer_config.json", bytes) ?? {};
   }
   let source = typeof tokConfig.chat_template === "string" ? tokConfig.chat_template : null;
   if (files.has("chat_template.jinja")) {
-    source = await (await fetchOk(base + "chat_template.jinja", "chat template")).text();
+    const bytes = await artifact.fetch("chat_template.jinja", "chat template", signal);
+    source = new TextDecoder().decode(bytes);
   }
   const eosToken = tokenContent(tokConfig.eos_token);
   const eosIds = new Set(config.eos_token_id ?? []);
