@@ -97,12 +97,18 @@ def configure(page: Any, pattern: str, models: list[str] | None = None, **settin
 
 
 def pick_links(page: Any, folder: pathlib.Path | None) -> None:
-    files = [folder / "links.json", folder / "links.safetensors"] if folder else []
+    """Pick the link file in `folder` (None: none) and wait until the page has read it."""
+    # Picking the files already picked fires no change event: clear the input first.
+    if page.evaluate("document.getElementById('links-file').files.length"):
+        set_link_files(page, [])
+    if folder is not None:
+        set_link_files(page, [folder / "links.json", folder / "links.safetensors"])
+
+
+def set_link_files(page: Any, files: list[pathlib.Path]) -> None:
+    before = page.evaluate("window.playground.linkReads")
     page.set_input_files("#links-file", [str(f) for f in files])
-    page.wait_for_function("document.getElementById('links-status').dataset.ok !== undefined")
-    page.wait_for_function(
-        "!document.getElementById('links-status').textContent.startsWith('Reading')"
-    )
+    page.wait_for_function(f"window.playground.linkReads > {before}")
 
 
 def click_and_wait(page: Any, button: str, question: str = QUESTION) -> float:
@@ -143,8 +149,13 @@ def test_run_latent_equals_python(page: Any, served: dict[str, Any]) -> None:
     py = python_run("latent", "sequential", [qwen] * 3, QUESTION, SETTINGS, links)
     assert_same_run(got["results"]["latent"], py)
     assert got["results"]["latent"]["latent_steps"] == 5 * SETTINGS["latentSteps"]
-    # What the page shows: the answer, one metrics row per agent turn, the chart, the ticks.
-    assert page.inner_text("#result-latent .answer") == (py["answer"] or "(empty answer)")
+    # What the page shows: the answer (rendered as Markdown, its source kept), one metrics row
+    # per agent turn, the chart, the ticks.
+    answer = page.locator("#result-latent .answer")
+    assert answer.get_attribute("data-markdown") == py["answer"]
+    assert answer.is_visible()
+    if not py["answer"]:
+        assert answer.inner_text() == "(empty answer)"
     assert page.locator("#result-latent .metrics-table tbody tr").count() == 6
     assert page.locator("#result-latent .transcript .turn").count() == 6
     assert page.locator("#chart rect[data-mode='latent']").count() == 2 * 2
@@ -181,6 +192,11 @@ def test_compare_side_by_side(page: Any, served: dict[str, Any]) -> None:
     assert figures["speedup"] == pytest.approx(text["seconds"] / latent["seconds"])
     assert page.locator("#chart svg").count() == 2
     assert page.locator("#chart rect[data-mode='text']").count() == 2 * 2
+    # Side by side at 1280 px (the default viewport), every metric column fits: none cut off.
+    for mode in ("latent", "text"):
+        metrics = page.locator(f"#result-{mode} .metrics")
+        assert metrics.evaluate("(m) => m.scrollWidth <= m.clientWidth"), mode
+        assert page.locator(f"#result-{mode} th[data-key='seconds']").is_visible()
     qwen = served["folders"]["tiny-qwen2"]
     py = python_run("text", "sequential", [qwen] * 3, QUESTION, SETTINGS, None)
     assert_same_run(text, py)
@@ -209,6 +225,10 @@ def test_stop_ends_a_run_cleanly(page: Any, served: dict[str, Any]) -> None:
     assert "Stopped" in page.inner_text("#live-status")
     assert page.locator("#error").is_hidden()
     assert page.is_enabled("#run-latent") and page.is_disabled("#stop")
+    # Nothing empty is left: no blank answer box, no bare "Per round" heading.
+    assert page.locator("#per-round").is_hidden()
+    assert page.locator("#result-latent .answer-block").is_hidden()
+    assert page.locator("#result-text").is_hidden()
     # The worker is usable again, models still loaded.
     configure(page, "sequential")
     click_and_wait(page, "#run-latent")
@@ -218,22 +238,25 @@ def test_stop_ends_a_run_cleanly(page: Any, served: dict[str, Any]) -> None:
 def test_latent_without_link_file_says_so(page: Any) -> None:
     configure(page, "sequential")
     pick_links(page, None)
-    click_and_wait(page, "#run-latent")
-    got = state(page)
-    assert got["state"] == "error"
-    assert "latent mode needs a link file" in got["error"]["message"]
-    assert "--save-links" in page.inner_text("#error")
+    # Latent runs wait for a link file; the page says how to write one.
+    assert page.is_disabled("#run-latent") and page.is_disabled("#run-compare")
+    assert page.is_enabled("#run-text")
+    note = page.inner_text("#run-note")
+    assert "--save-links DIR" in note and "`" not in note, note
 
 
 def test_link_file_with_wrong_dimensions(page: Any, served: dict[str, Any]) -> None:
     configure(page, "sequential")
     pick_links(page, served["links"]["wrong"])
-    click_and_wait(page, "#run-latent")
+    # Refused when read (from the hidden sizes the server lists), not after a run starts.
     got = state(page)
-    assert got["state"] == "error"
     message = page.inner_text("#error")
     assert got["error"]["name"] == "LinkError"
     assert "in_dim=48" in message and "hidden size 64" in message, message
+    assert page.is_disabled("#run-latent") and page.is_disabled("#run-compare")
+    # The models it was fitted for (hidden 48) fit it.
+    configure(page, "sequential", models=["tiny-llama48"] * 3)
+    assert page.is_enabled("#run-latent") and page.locator("#error").is_hidden()
 
 
 def test_missing_artifact(page: Any) -> None:

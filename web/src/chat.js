@@ -1,15 +1,19 @@
 // The chat page: pick an artifact folder served by `mlcpatch serve`, load it, chat with it.
+// `?model=NAME` loads NAME at once; a name the server does not offer is reported, and no other
+// model is picked in its place.
 
 import { detectWebGPU } from "./detect.js";
+import { setMarkdown } from "./markdown.js";
+import { copyButton, formatBytes, setRichText, softwareAdapterWarning, webgpuAdvice } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const state = { engine: null, messages: [], busy: false };
+const state = { engine: null, messages: [], busy: false, artifacts: [] };
 // Exposed for debugging in the console and for the browser tests.
 window.mlcpatch = state;
 
 function showError(element, message) {
-  element.textContent = message;
+  setRichText(element, message);
   element.hidden = false;
 }
 
@@ -22,13 +26,43 @@ async function listArtifacts() {
 function addMessage(role, text) {
   const div = document.createElement("div");
   div.className = `message ${role}`;
+  div.dataset.who = role === "user" ? "You" : "Model";
   div.textContent = text;
   $("messages").append(div);
   div.scrollIntoView({ block: "end" });
   return div;
 }
 
+/** An assistant message: the answer (Markdown, rendered safely) and a copy button. */
+function addAnswer() {
+  const div = addMessage("assistant", "");
+  const body = document.createElement("div");
+  body.className = "body markdown";
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.append(copyButton(() => body.dataset.markdown ?? body.textContent, "answer"));
+  actions.hidden = true;
+  div.append(body, actions);
+  return { div, body, actions };
+}
+
+function sizeText(entry) {
+  return entry?.size_bytes != null ? formatBytes(entry.size_bytes) : null;
+}
+
+function selected() {
+  return state.artifacts.find((a) => a.name === $("model-select").value);
+}
+
+function onSelect() {
+  const entry = selected();
+  $("load-button").disabled = !entry || state.busy;
+  const size = sizeText(entry);
+  $("model-size").textContent = size ? `about ${size} to download` : "";
+}
+
 async function load(entry) {
+  if (!entry) return;
   $("load-button").disabled = true;
   $("load-error").hidden = true;
   $("progress").hidden = false;
@@ -52,7 +86,7 @@ async function load(entry) {
     showError($("load-error"), `Could not load ${entry.name}: ${err.message ?? err}`);
     document.body.dataset.state = "load-error";
   } finally {
-    $("load-button").disabled = false;
+    onSelect();
   }
 }
 
@@ -65,7 +99,8 @@ async function send(event) {
   $("prompt").value = "";
   state.messages.push({ role: "user", content: text });
   addMessage("user", text);
-  const bubble = addMessage("assistant", "");
+  const answer = addAnswer();
+  answer.div.classList.add("streaming");
   try {
     let streamed = "";
     const result = await state.engine.generate(
@@ -77,21 +112,23 @@ async function send(event) {
         greedy: $("greedy").checked,
         onToken: (_id, piece) => {
           streamed += piece;
-          bubble.textContent = streamed;
+          setMarkdown(answer.body, streamed);
         },
       },
     );
     // Per-token pieces can split multi-byte characters; the final decode is exact.
-    bubble.textContent = result.text;
+    setMarkdown(answer.body, result.text);
+    answer.actions.hidden = false;
     state.messages.push({ role: "assistant", content: result.text });
     const t = result.timings;
     $("stats").textContent =
       `${result.outputIds.length} tokens; prefill ${t.prefillMs.toFixed(0)} ms, ` +
       `decode ${t.decodeMsPerToken.toFixed(1)} ms/token (${result.stoppedBy})`;
   } catch (err) {
-    bubble.classList.add("error");
-    bubble.textContent = `Error: ${err.message ?? err}`;
+    answer.div.classList.add("error");
+    answer.body.textContent = `Error: ${err.message ?? err}`;
   } finally {
+    answer.div.classList.remove("streaming");
     state.busy = false;
     $("send").disabled = false;
   }
@@ -102,12 +139,18 @@ async function main() {
   if (!gpu.ok) {
     $("gpu-status").textContent = "WebGPU unavailable";
     $("no-webgpu-reason").textContent = gpu.reason;
+    setRichText($("no-webgpu-help"), webgpuAdvice());
     $("no-webgpu").hidden = false;
     document.body.dataset.state = "no-webgpu";
     return;
   }
   const info = gpu.adapterInfo;
   $("gpu-status").textContent = `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim();
+  const warning = softwareAdapterWarning(info);
+  if (warning) {
+    setRichText($("adapter-warning"), warning);
+    $("adapter-warning").hidden = false;
+  }
   $("app").hidden = false;
   let artifacts = [];
   try {
@@ -115,6 +158,7 @@ async function main() {
   } catch (err) {
     showError($("load-error"), `Cannot list models: ${err.message}`);
   }
+  state.artifacts = artifacts;
   if (artifacts.length === 0) {
     showError(
       $("load-error"),
@@ -122,28 +166,42 @@ async function main() {
         "`mlcpatch build --arch qwen2 --model tiny-random --target llvm,webgpu` and restart " +
         "`mlcpatch serve`.",
     );
-    $("load-button").disabled = true;
+  }
+  const wanted = params.get("model");
+  const known = wanted ? artifacts.some((a) => a.name === wanted) : false;
+  if (wanted && !known) {
+    // Never pick another model silently: the select waits for a choice.
+    $("model-select").append(new Option(`choose a model (${wanted} is not served)`, ""));
+    if (artifacts.length) {
+      showError(
+        $("load-error"),
+        `No served model named ${wanted} (served: ${artifacts.map((a) => a.name).join(", ")}). ` +
+          "Pick one and press Load, or build it with `mlcpatch build … --target llvm,webgpu`.",
+      );
+    }
   }
   for (const a of artifacts) {
-    const option = new Option(`${a.name} (${a.model_type}, ${a.quantization})`, a.name);
-    $("model-select").append(option);
+    const size = sizeText(a);
+    const label = `${a.name} (${a.model_type}, ${a.quantization}${size ? `, ${size}` : ""})`;
+    $("model-select").append(new Option(label, a.name));
   }
-  const find = () => artifacts.find((a) => a.name === $("model-select").value);
-  $("load-button").addEventListener("click", () => load(find()));
+  if (known) $("model-select").value = wanted;
+  onSelect();
+  $("model-select").addEventListener("change", onSelect);
+  $("load-button").addEventListener("click", () => load(selected()));
   $("chat-form").addEventListener("submit", send);
   $("prompt").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey) $("chat-form").requestSubmit();
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault(); // no stray newline left in the box
+      $("chat-form").requestSubmit();
+    }
   });
   $("reset").addEventListener("click", () => {
     state.messages = [];
     $("messages").replaceChildren();
   });
   document.body.dataset.state = "idle";
-  const wanted = params.get("model");
-  if (wanted && artifacts.some((a) => a.name === wanted)) {
-    $("model-select").value = wanted;
-    await load(find());
-  }
+  if (known) await load(selected());
 }
 
 main().catch((err) => {

@@ -137,7 +137,10 @@ async function readBack(tensor) {
   }
 }
 
-/** Prefill then sample up to `budget` tokens: {tokens (incl. a stop token), text}. */
+/**
+ * Prefill then sample up to `budget` tokens: {tokens (incl. a stop token), text}.
+ * onToken(count, partial) after each token; partial() decodes the text so far (streaming).
+ */
 async function generate(engine, embeds, budget, settings, rng, check, onToken) {
   const stops = new Set(engine.eosTokenIds);
   let values = await readBack(engine.prefill(embeds.data));
@@ -150,7 +153,7 @@ async function generate(engine, embeds, budget, settings, rng, check, onToken) {
       rng,
     });
     tokens.push(token);
-    onToken(tokens.length);
+    onToken(tokens.length, () => engine.decodeTokens(tokens.filter((t) => !stops.has(t)), { skipSpecialTokens: true }));
     if (stops.has(token)) break;
     if (step + 1 < budget) {
       check();
@@ -220,9 +223,10 @@ function concatVectors(list, hidden) {
  * One full run of the system in `mode` ("latent" or "text").
  *
  * agents: [{role, engine}] in pattern order; links: a LinkSet (latent mode).
- * options: progress(event, round, agent, detail) with events "agent", "latent" ({step, of}),
- * "token" ({count}) and "step" ({step: AgentStep}); shouldStop() checked before every agent
- * (as in Python) and between model calls; documents: data/documents.json for the tools.
+ * options: progress(event, round, agent, detail) with events "agent" ({final}), "latent"
+ * ({step, of}), "token" ({count, of, text: the text so far, for streaming}) and "step"
+ * ({step: AgentStep}); shouldStop() checked before every agent (as in Python) and between
+ * model calls; documents: data/documents.json for the tools.
  */
 export async function run(mode, pattern, agents, question, settings, links = null, options = {}) {
   if (!MODES.includes(mode)) throw new Error(`mode must be one of ${MODES.join(", ")}`);
@@ -265,8 +269,8 @@ export async function run(mode, pattern, agents, question, settings, links = nul
       const step = new AgentStep(rnd, role.name, embeds.rows, toolResults);
       if (final || mode === "text") {
         const budget = final ? settings.maxNewTokens : settings.textTokens;
-        const { tokens, text } = await generate(engine, embeds, budget, settings, rng, check, (count) =>
-          notify("token", rnd, role.name, { count, of: budget }),
+        const { tokens, text } = await generate(engine, embeds, budget, settings, rng, check, (count, partial) =>
+          notify("token", rnd, role.name, { count, of: budget, text: partial() }),
         );
         step.tokensGenerated = tokens.length;
         step.positionsProcessed += Math.max(tokens.length - 1, 0); // the last is never fed back

@@ -46,7 +46,13 @@ export class LoopHost {
     const gpu = await detectWebGPU();
     // GPUAdapterInfo cannot cross postMessage: copy its fields.
     const info = gpu.adapterInfo ?? {};
-    const adapterInfo = { vendor: info.vendor, architecture: info.architecture, device: info.device, description: info.description };
+    const adapterInfo = {
+      vendor: info.vendor,
+      architecture: info.architecture,
+      device: info.device,
+      description: info.description,
+      isFallbackAdapter: info.isFallbackAdapter, // a software adapter (the page warns)
+    };
     return { ok: gpu.ok, reason: gpu.reason, adapterInfo, where: this.where };
   }
 
@@ -129,8 +135,8 @@ export class LoopHost {
     if (mode === "latent") {
       if (!this.links) {
         throw new LinkError(
-          "latent mode needs a link file: write one with `mlcpatch run ... --save-links FILE` " +
-            "(or python -m mlcpatch.loop.export_links) and pick it here",
+          "latent mode needs a link file: write one with `mlcpatch run … --save-links DIR` " +
+            "(or `python -m mlcpatch.loop.export_links`) and pick it here",
         );
       }
       // What Python's links_from_file checks first: each link's agents and sizes vs the models.

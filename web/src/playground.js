@@ -3,11 +3,14 @@
 // this module only drives the form and draws what the worker reports.
 //
 // URL parameters preset the form: pattern, model (every agent), models (comma-separated, one
-// per agent), links (a link file URL), question.
+// per agent), links (a link file URL), question. A model the server does not offer is reported
+// and left unpicked (never replaced by another silently).
 
 import { renderChart } from "./chart.js";
 import { compare } from "./loop.js";
-import { loadPatterns } from "./patterns.js";
+import { setMarkdown } from "./markdown.js";
+import { handoffs, loadPatterns } from "./patterns.js";
+import { copyButton, formatBytes, setRichText, softwareAdapterWarning, webgpuAdvice } from "./ui.js";
 import { LoopClient } from "./worker_client.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,10 +27,15 @@ const state = {
   loaded: {},
   links: null,
   running: false,
+  linkProblem: null, // why the link file does not fit the chosen models, or null
+  linkReads: 0, // link files read so far (read or failed): the tests wait on it
+  running: false,
   results: {},
   figures: null,
-  error: null,
+  error: null, // the latest error shown, {name, message}
+  errors: [], // every error shown, [{key, name, message}]
   events: [],
+  final: false, // whether the agent now running writes the answer
 };
 window.playground = state;
 
@@ -35,18 +43,41 @@ function setState(name) {
   document.body.dataset.state = name;
 }
 
-function showError(err) {
+// Errors are kept by what they are about ("start", "models", "links", "run"), and all of them
+// stay visible together: a later error never hides an earlier one that still holds.
+const errors = new Map();
+
+function showError(err, key = "run") {
   const message = typeof err === "string" ? err : err.message ?? String(err);
-  state.error = { name: err?.name ?? "Error", message };
-  $("error").textContent = message;
-  $("error").dataset.kind = state.error.name;
-  $("error").hidden = false;
+  const name = (typeof err === "string" ? null : err?.name) ?? "Error";
+  errors.delete(key); // re-added last: the newest error is listed last
+  errors.set(key, { name, message });
+  state.error = { name, message };
+  renderErrors();
 }
 
-function clearError() {
-  state.error = null;
-  $("error").hidden = true;
-  $("error").textContent = "";
+function clearError(key) {
+  if (key === undefined) errors.clear();
+  else errors.delete(key);
+  renderErrors();
+}
+
+function renderErrors() {
+  const box = $("error");
+  const list = [...errors].map(([key, e]) => ({ key, ...e }));
+  state.errors = list;
+  state.error = list.length ? { name: list.at(-1).name, message: list.at(-1).message } : null;
+  box.replaceChildren(
+    ...list.map((e) => {
+      const p = document.createElement("p");
+      p.dataset.key = e.key;
+      p.dataset.kind = e.name;
+      setRichText(p, e.message);
+      return p;
+    }),
+  );
+  box.dataset.kind = list.at(-1)?.name ?? "";
+  box.hidden = !list.length;
 }
 
 // --- setup --------------------------------------------------------------------------------
@@ -58,13 +89,25 @@ async function listArtifacts() {
 }
 
 function artifactLabel(a) {
-  const size = a.hidden_size ? `, hidden ${a.hidden_size}` : "";
-  return `${a.name} (${a.model_type ?? "?"}, ${a.quantization ?? "?"}${size})`;
+  const hidden = a.hidden_size ? `, hidden ${a.hidden_size}` : "";
+  const size = a.size_bytes != null ? `, ${formatBytes(a.size_bytes)}` : "";
+  return `${a.name} (${a.model_type ?? "?"}, ${a.quantization ?? "?"}${hidden}${size})`;
 }
 
+function served(name) {
+  return state.artifacts.find((a) => a.name === name);
+}
+
+/** Fill a model <select>; a `selected` name that is not served leaves it on "choose a model". */
 function modelOptions(select, selected) {
-  select.replaceChildren(...state.artifacts.map((a) => new Option(artifactLabel(a), a.name)));
-  if (selected && state.artifacts.some((a) => a.name === selected)) select.value = selected;
+  const options = state.artifacts.map((a) => new Option(artifactLabel(a), a.name));
+  if (selected && !served(selected)) {
+    const none = new Option(`choose a model (${selected} is not served)`, "");
+    none.dataset.placeholder = "yes";
+    options.unshift(none);
+  }
+  select.replaceChildren(...options);
+  if (selected !== undefined && selected !== null) select.value = served(selected) ? selected : "";
 }
 
 function currentPattern() {
@@ -86,9 +129,17 @@ function renderAgents(preset = []) {
     select.className = "agent-model";
     select.dataset.agent = agent.name;
     select.setAttribute("aria-label", `Model for ${agent.name}`);
-    modelOptions(select, preset[i] ?? $("model-all").value);
+    modelOptions(select, preset[i] ?? modelAllChoice());
+    select.addEventListener("change", onModelsChanged);
     row.insertCell().append(select);
   }
+}
+
+/** What "Model for every agent" asks for: a served name, or the unserved name it stands for. */
+function modelAllChoice() {
+  const select = $("model-all");
+  if (select.value) return select.value;
+  return state.unservedAll ?? undefined;
 }
 
 function chosenModels() {
@@ -117,13 +168,60 @@ function readSettings() {
 
 function setBusy(busy) {
   state.running = busy;
-  for (const id of Object.keys(MODE_BUTTONS)) $(id).disabled = busy || !state.artifacts.length;
   $("stop").disabled = !busy;
   for (const id of ["pattern", "model-all", "links-file", "links-url", "links-load"]) $(id).disabled = busy;
   for (const s of document.querySelectorAll("select.agent-model")) s.disabled = busy;
+  updateControls();
+}
+
+/**
+ * Enable the run buttons that can run now: every agent needs a served model, and latent runs
+ * (Run latent, Compare) need a link file that fits the chosen models. #run-note says why not.
+ */
+function updateControls() {
+  const models = chosenModels();
+  const modelsOk = models.length > 0 && models.every((m) => served(m));
+  checkLinkFit();
+  const latentOk = modelsOk && state.links != null && state.linkProblem == null;
+  $("run-text").disabled = state.running || !modelsOk;
+  $("run-latent").disabled = state.running || !latentOk;
+  $("run-compare").disabled = state.running || !latentOk;
+  let note = "";
+  if (!state.artifacts.length) note = "";
+  else if (!currentPattern()) note = "Pick a pattern to run.";
+  else if (!modelsOk) note = "Pick a served model for every agent to run.";
+  else if (state.links == null) {
+    note = "Run latent and Compare need a link file: write one with `mlcpatch run … --save-links DIR` and pick it above.";
+  } else if (state.linkProblem) {
+    note = "Run latent and Compare need a link file that fits the chosen models.";
+  }
+  setRichText($("run-note"), note);
+  updateDownloadNote(models);
+}
+
+function updateDownloadNote(models) {
+  const distinct = [...new Set(models)].map(served).filter(Boolean);
+  if (!distinct.length) {
+    $("download-note").textContent = "";
+    return;
+  }
+  const loaded = distinct.every((a) => a.name in state.loaded);
+  const sizes = distinct.map((a) => a.size_bytes);
+  const total = sizes.every((b) => b != null) ? formatBytes(sizes.reduce((n, b) => n + b, 0)) : "an unknown size";
+  $("download-note").textContent = loaded
+    ? `Chosen models loaded (${total}).`
+    : `Download for the chosen models: about ${total}.`;
+}
+
+function onModelsChanged() {
+  // The user has picked: an unknown model named in the URL is no longer the question.
+  if (chosenModels().every((m) => served(m))) clearError("models");
+  updateControls();
 }
 
 // --- link files ---------------------------------------------------------------------------
+
+const NO_LINKS = "No link file: latent mode needs one (`mlcpatch run … --save-links DIR`).";
 
 function describeLinks(info) {
   const agents = info.agents.map((a) => `${a.name} (${a.hiddenSize})`).join(", ");
@@ -131,22 +229,98 @@ function describeLinks(info) {
   return `${info.source}: ${info.links.length} links (${names})${agents ? `; agents ${agents}` : ""}`;
 }
 
+/**
+ * Why the link file does not fit the pattern and the chosen models, or null. The checks of
+ * LinkSet.check and loop.js's checkSystem, on the hidden sizes /artifacts/index.json lists,
+ * so a file of the wrong width is refused before any model is downloaded.
+ */
+function linkFitProblem(info, pattern, models) {
+  if (!info || !pattern) return null;
+  const sizes = {};
+  const modelOf = {};
+  for (const [i, agent] of pattern.agents.entries()) {
+    modelOf[agent.name] = models[i];
+    sizes[agent.name] = served(models[i])?.hidden_size ?? null; // unknown: checked at run time
+  }
+  const agentList = pattern.agents.map((a) => a.name).join(", ");
+  for (const link of info.links) {
+    for (const [role, agent, dim, side] of [
+      ["from", link.from, link.inDim, "in_dim"],
+      ["to", link.to, link.outDim, "out_dim"],
+    ]) {
+      if (!(agent in sizes)) {
+        return `link '${link.name}' ${role} agent '${agent}' is not in the ${pattern.name} pattern (agents: ${agentList})`;
+      }
+      if (sizes[agent] != null && sizes[agent] !== dim) {
+        return `link '${link.name}' has ${side}=${dim} but agent '${agent}'s model ${modelOf[agent]} has hidden size ${sizes[agent]}`;
+      }
+    }
+  }
+  const names = new Set(info.links.map((l) => l.name));
+  for (const agent of pattern.agents) {
+    if (!names.has(`inner_${agent.name}`)) return `no inner link for agent ${agent.name}`;
+  }
+  for (const [sender, receiver] of handoffs(pattern)) {
+    if (!names.has(`outer_${sender}_to_${receiver}`)) return `no outer link for ${sender} -> ${receiver}`;
+  }
+  return null;
+}
+
+/** Check the link file against the pattern and models now chosen; show the outcome. */
+function checkLinkFit() {
+  const status = $("links-status");
+  if (status.dataset.reading === "yes") return;
+  const problem = linkFitProblem(state.links, currentPattern(), chosenModels());
+  state.linkProblem = problem;
+  if (!state.links) {
+    if (status.dataset.failed !== "yes") {
+      setRichText(status, NO_LINKS);
+      status.dataset.ok = "no";
+    }
+    if (errors.has("link-fit")) clearError("link-fit");
+    return;
+  }
+  if (problem) {
+    status.textContent = `${describeLinks(state.links)}. Refused for the chosen models: ${problem}.`;
+    status.dataset.ok = "no";
+    const message =
+      `Link file ${state.links.source} does not fit the chosen models: ${problem}. Pick a link file ` +
+      "fitted for these models (`mlcpatch run --model … --pattern … --save-links DIR`), or the models it was fitted for.";
+    if (errors.get("link-fit")?.message !== message) showError({ name: "LinkError", message }, "link-fit");
+  } else {
+    status.textContent = describeLinks(state.links);
+    status.dataset.ok = "yes";
+    if (errors.has("link-fit")) clearError("link-fit");
+  }
+}
+
 async function readLinks(payload, transfer) {
-  clearError();
-  $("links-status").textContent = "Reading the link file…";
+  errors.delete("link-fit");
+  clearError("links");
+  const status = $("links-status");
+  status.textContent = "Reading the link file…";
+  status.dataset.reading = "yes";
+  delete status.dataset.failed;
+  state.links = null;
+  updateControls();
   try {
     state.links = await state.client.request("links", payload, { transfer });
-    $("links-status").textContent = state.links ? describeLinks(state.links) : "No link file.";
-    $("links-status").dataset.ok = state.links ? "yes" : "no";
+    if (!state.links) status.textContent = "No link file.";
   } catch (err) {
     state.links = null;
-    $("links-status").textContent = "The link file could not be read.";
-    $("links-status").dataset.ok = "no";
-    showError(err);
+    status.textContent = "The link file could not be read.";
+    status.dataset.failed = "yes";
+    status.dataset.ok = "no";
+    showError({ name: err?.name ?? "Error", message: `The link file could not be read: ${err?.message ?? err}` }, "links");
+  } finally {
+    delete status.dataset.reading;
+    updateControls();
+    state.linkReads++;
   }
 }
 
 async function onLinkFiles() {
+  $("links-status").textContent = "Reading the link file…";
   const files = [...$("links-file").files];
   const read = await Promise.all(files.map(async (f) => ({ name: f.name, bytes: await f.arrayBuffer() })));
   await readLinks({ files: read }, read.map((f) => f.bytes));
@@ -154,10 +328,14 @@ async function onLinkFiles() {
 
 // --- the live view --------------------------------------------------------------------------
 
+// --- the live view --------------------------------------------------------------------------
+
 function startLive(pattern) {
   $("live").hidden = false;
   $("live-status").textContent = "";
   $("live-ticks").replaceChildren();
+  $("live-text").textContent = "";
+  $("live-text").hidden = true;
   $("live-agents").replaceChildren(
     ...pattern.agents.map((a) => {
       const li = document.createElement("li");
@@ -178,6 +356,7 @@ function onEvent(event, settings) {
   }
   const where = `${event.mode} · round ${event.round}/${settings.rounds} · ${event.agent}`;
   if (event.event === "agent") {
+    state.final = Boolean(event.final);
     for (const li of $("live-agents").children) li.classList.toggle("active", li.dataset.agent === event.agent);
     const ticks = event.mode === "latent" && !event.final ? settings.latentSteps : 0;
     $("live-ticks").replaceChildren(
@@ -188,29 +367,51 @@ function onEvent(event, settings) {
         return tick;
       }),
     );
+    $("live-text").textContent = "";
+    $("live-text").hidden = true;
     $("live-status").textContent = event.final ? `${where} · writing the answer` : where;
+    if (event.final) {
+      // The answer streams into its column as it is generated.
+      const answer = column(event.mode).querySelector(".answer");
+      setMarkdown(answer, "");
+      answer.classList.add("streaming");
+      refreshResults();
+    }
   } else if (event.event === "latent") {
     $("live-ticks").children[event.step - 1]?.classList.add("done");
     $("live-status").textContent = `${where} · latent step ${event.step}/${event.of}`;
   } else if (event.event === "token") {
     $("live-status").textContent = `${where} · token ${event.count}/${event.of}`;
+    if (typeof event.text === "string") {
+      if (state.final) {
+        setMarkdown(column(event.mode).querySelector(".answer"), event.text);
+      } else {
+        $("live-text").textContent = event.text;
+        $("live-text").hidden = !event.text;
+      }
+    }
   } else if (event.event === "step") {
-    appendTurn($(`result-${event.mode}`), event.mode, event.step);
+    appendTurn(column(event.mode), event.mode, event.step);
   }
 }
 
 // --- results --------------------------------------------------------------------------------
 
+// [key, header, what it counts]: short headers so both columns' tables fit side by side.
 const METRIC_COLUMNS = [
-  ["round", "Round"],
-  ["agent", "Agent"],
-  ["input_positions", "Input positions"],
-  ["latent_steps", "Latent steps"],
-  ["tokens_generated", "Tokens generated"],
-  ["positions_processed", "Positions processed"],
-  ["bytes_handed", "Bytes handed"],
-  ["seconds", "Seconds"],
+  ["round", "Round", "Round"],
+  ["agent", "Agent", "Agent"],
+  ["input_positions", "Input", "Input positions: prompt tokens plus handed-over vectors"],
+  ["latent_steps", "Latent steps", "Latent steps (thoughts)"],
+  ["tokens_generated", "Tokens", "Tokens generated"],
+  ["positions_processed", "Positions", "Positions processed by the model"],
+  ["bytes_handed", "Bytes handed", "Bytes handed over to the receiving agents"],
+  ["seconds", "Seconds", "Seconds"],
 ];
+
+function column(mode) {
+  return $(`result-${mode}`);
+}
 
 function cell(row, key, value) {
   const td = row.insertCell();
@@ -222,7 +423,12 @@ function metricsTable(result) {
   const table = document.createElement("table");
   table.className = "metrics-table";
   const head = table.createTHead().insertRow();
-  for (const [, label] of METRIC_COLUMNS) head.append(Object.assign(document.createElement("th"), { textContent: label }));
+  for (const [key, label, title] of METRIC_COLUMNS) {
+    const th = Object.assign(document.createElement("th"), { textContent: label, scope: "col" });
+    th.dataset.key = key;
+    if (title !== label) th.title = title;
+    head.append(th);
+  }
   const body = table.createTBody();
   for (const step of result.steps) {
     const row = body.insertRow();
@@ -241,7 +447,7 @@ function metricsTable(result) {
   return table;
 }
 
-function appendTurn(column, mode, step) {
+function appendTurn(col, mode, step) {
   const turn = document.createElement("div");
   turn.className = "turn";
   turn.dataset.round = step.round;
@@ -262,45 +468,93 @@ function appendTurn(column, mode, step) {
     body.textContent = step.text || "(no text)";
   }
   turn.append(body);
-  column.querySelector(".transcript").append(turn);
-  column.hidden = false;
-  $("results").hidden = false;
+  col.querySelector(".transcript").append(turn);
+  refreshResults();
+}
+
+/** Show only what has content: no empty answer box, table or chart, no bare heading. */
+function refreshResults() {
+  let shown = false;
+  for (const mode of ["latent", "text"]) {
+    const col = column(mode);
+    const answer = col.querySelector(".answer");
+    const parts = [
+      [".answer-block", answer.hasChildNodes() || answer.classList.contains("streaming")],
+      [".metrics-block", col.querySelector(".metrics").hasChildNodes()],
+      [".transcript-block", col.querySelector(".transcript").hasChildNodes()],
+    ];
+    let any = false;
+    for (const [selector, on] of parts) {
+      col.querySelector(selector).hidden = !on;
+      any ||= on;
+    }
+    col.hidden = !any;
+    shown ||= any;
+  }
+  const chart = $("chart").hasChildNodes();
+  $("per-round").hidden = !chart;
+  const summary = $("compare-summary").textContent !== "";
+  $("compare-summary").hidden = !summary;
+  $("results").hidden = !(shown || chart || summary);
 }
 
 function showResult(mode, result) {
-  const column = $(`result-${mode}`);
-  column.hidden = false;
-  column.querySelector(".answer").textContent = result.answer || "(empty answer)";
-  column.querySelector(".metrics").replaceChildren(metricsTable(result));
+  const col = column(mode);
+  const answer = col.querySelector(".answer");
+  answer.classList.remove("streaming");
+  if (result.answer) {
+    setMarkdown(answer, result.answer);
+  } else {
+    answer.textContent = "(empty answer)";
+    answer.dataset.markdown = "";
+  }
+  col.querySelector(".metrics").replaceChildren(metricsTable(result));
   const figures = [
     `${result.tokens_generated} tokens generated`,
     `${result.positions_processed} positions processed`,
     `${result.seconds.toFixed(2)} s`,
   ];
-  column.querySelector("h2").textContent = `${mode === "latent" ? "Latent" : "Text"} mode: ${figures.join(", ")}`;
+  col.querySelector("h2").textContent = `${mode === "latent" ? "Latent" : "Text"} mode: ${figures.join(", ")}`;
+  refreshResults();
 }
 
-function resetResults(modes) {
+function resetResults() {
   state.results = {};
   state.figures = null;
   $("compare-summary").textContent = "";
   $("chart").replaceChildren();
   for (const mode of ["latent", "text"]) {
-    const column = $(`result-${mode}`);
-    column.hidden = !modes.includes(mode);
-    column.querySelector(".answer").textContent = "";
-    column.querySelector(".metrics").replaceChildren();
-    column.querySelector(".transcript").replaceChildren();
-    column.querySelector("h2").textContent = mode === "latent" ? "Latent mode" : "Text mode";
+    const col = column(mode);
+    const answer = col.querySelector(".answer");
+    answer.replaceChildren();
+    answer.classList.remove("streaming");
+    delete answer.dataset.markdown;
+    col.querySelector(".metrics").replaceChildren();
+    col.querySelector(".transcript").replaceChildren();
+    col.querySelector("h2").textContent = mode === "latent" ? "Latent mode" : "Text mode";
   }
-  $("results").hidden = false;
+  refreshResults();
+}
+
+/** After Stop or an error: say which column stopped; drop what never got content. */
+function endUnfinished(how) {
+  for (const mode of ["latent", "text"]) {
+    const col = column(mode);
+    const answer = col.querySelector(".answer");
+    const streaming = answer.classList.contains("streaming");
+    answer.classList.remove("streaming");
+    if (!(mode in state.results) && (streaming || col.querySelector(".transcript").hasChildNodes())) {
+      col.querySelector("h2").textContent = `${mode === "latent" ? "Latent" : "Text"} mode: ${how}`;
+    }
+  }
+  refreshResults();
 }
 
 // --- running --------------------------------------------------------------------------------
 
 async function runModes(modes) {
   if (state.running) return;
-  clearError();
+  clearError("run");
   let settings;
   try {
     settings = readSettings();
@@ -310,20 +564,24 @@ async function runModes(modes) {
   }
   const pattern = currentPattern();
   const models = chosenModels();
+  if (!pattern || !models.length || !models.every((m) => served(m))) {
+    showError("Pick a pattern and a served model for every agent first.");
+    return;
+  }
+  if (modes.includes("latent") && (state.links == null || state.linkProblem)) {
+    showError(state.linkProblem ? `The link file does not fit: ${state.linkProblem}` : NO_LINKS);
+    return;
+  }
   setBusy(true);
   state.events = [];
   setState("loading");
-  resetResults(modes);
+  resetResults();
   startLive(pattern);
   try {
-    const distinct = [...new Set(models)];
-    const wanted = distinct.map((name) => {
-      const entry = state.artifacts.find((a) => a.name === name);
-      if (!entry) throw new Error(`no served artifact named ${name}`);
-      return { name, url: entry.url };
-    });
+    const wanted = [...new Set(models)].map((name) => ({ name, url: served(name).url }));
     state.loaded = await state.client.request("load", { models: wanted }, { onEvent: (e) => onEvent(e, settings) });
     $("load-progress").hidden = true;
+    updateControls();
     setState("running");
     for (const mode of modes) {
       const question = $("question").value;
@@ -343,20 +601,25 @@ async function runModes(modes) {
         `generated tokens (${f.latent_tokens} vs ${f.text_tokens}).`;
     }
     renderChart($("chart"), state.results);
+    refreshResults();
     $("live-status").textContent = "Done.";
     setState("done");
   } catch (err) {
     $("load-progress").hidden = true;
     if (err.name === "StopError") {
       $("live-status").textContent = "Stopped. The models stay loaded; run again when ready.";
+      endUnfinished("stopped");
       setState("stopped");
     } else {
       showError(err);
+      endUnfinished("failed");
       setState("error");
     }
     if (Object.keys(state.results).length) renderChart($("chart"), state.results);
+    refreshResults();
   } finally {
     for (const li of $("live-agents").children) li.classList.remove("active");
+    $("live-text").hidden = true;
     setBusy(false);
   }
 }
@@ -376,6 +639,7 @@ async function main() {
   if (!gpu.ok) {
     $("gpu-status").textContent = "WebGPU unavailable";
     $("no-webgpu-reason").textContent = gpu.reason;
+    setRichText($("no-webgpu-help"), webgpuAdvice());
     $("no-webgpu").hidden = false;
     setState("no-webgpu");
     return;
@@ -383,21 +647,47 @@ async function main() {
   const info = gpu.adapterInfo ?? {};
   $("gpu-status").textContent =
     `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim() + ` · models run in the ${state.where}`;
+  const warning = softwareAdapterWarning(info);
+  if (warning) {
+    setRichText($("adapter-warning"), warning);
+    $("adapter-warning").hidden = false;
+  }
   $("app").hidden = false;
+  for (const mode of ["latent", "text"]) {
+    const col = column(mode);
+    col.querySelector(".block-head").append(copyButton(() => col.querySelector(".answer").dataset.markdown ?? "", `${mode} answer`));
+  }
   state.patterns = await loadPatterns();
-  $("pattern").replaceChildren(...[...state.patterns.keys()].map((n) => new Option(n, n)));
-  $("pattern").value = params.get("pattern") ?? (state.patterns.has("sequential") ? "sequential" : $("pattern").value);
+  const patternNames = [...state.patterns.keys()];
+  $("pattern").replaceChildren(...patternNames.map((n) => new Option(n, n)));
+  const wantedPattern = params.get("pattern");
+  if (wantedPattern && !state.patterns.has(wantedPattern)) {
+    $("pattern").prepend(new Option(`choose a pattern (${wantedPattern} is not built in)`, ""));
+    $("pattern").value = "";
+    showError(`No built-in pattern named ${wantedPattern} (built in: ${patternNames.join(", ")}).`, "pattern");
+  } else {
+    $("pattern").value = wantedPattern ?? (state.patterns.has("sequential") ? "sequential" : patternNames[0]);
+  }
   const all = await listArtifacts();
   state.artifacts = all.filter((a) => a.webgpu);
   const cpuOnly = all.filter((a) => !a.webgpu && !a.error).map((a) => a.name);
   const note = cpuOnly.length ? `Not offered (no WebGPU build; rebuild with --target llvm,webgpu): ${cpuOnly.join(", ")}.` : "";
   $("artifact-note").textContent = note;
-  modelOptions($("model-all"), params.get("model"));
-  const preset = params.get("models")?.split(",") ?? [];
+  const wantedAll = params.get("model");
+  state.unservedAll = wantedAll && !served(wantedAll) ? wantedAll : null;
+  modelOptions($("model-all"), wantedAll);
+  const preset = params.get("models")?.split(",").map((n) => n.trim()) ?? [];
   renderAgents(preset);
-  $("pattern").addEventListener("change", () => renderAgents());
+  $("pattern").addEventListener("change", () => {
+    if ($("pattern").value) clearError("pattern");
+    renderAgents();
+    updateControls();
+  });
   $("model-all").addEventListener("change", () => {
+    if (!$("model-all").value) return;
+    state.unservedAll = null;
     for (const s of document.querySelectorAll("select.agent-model")) s.value = $("model-all").value;
+    onModelsChanged();
   });
   for (const [id, modes] of Object.entries(MODE_BUTTONS)) $(id).addEventListener("click", () => runModes(modes));
   $("stop").addEventListener("click", stop);
@@ -405,18 +695,20 @@ async function main() {
   $("links-load").addEventListener("click", () => readLinks({ url: $("links-url").value.trim() }));
   if (params.has("question")) $("question").value = params.get("question");
   setBusy(false);
-  const wanted = [params.get("model"), ...preset].filter(Boolean);
-  const unknown = wanted.filter((n) => !state.artifacts.some((a) => a.name === n));
+  const wanted = [wantedAll, ...preset].filter(Boolean);
+  const unknown = [...new Set(wanted.filter((n) => !served(n)))];
   if (!state.artifacts.length) {
     showError(
       "No artifact folder with a WebGPU build is served. Build one with `mlcpatch build --arch " +
         "qwen2 --model tiny-random --target llvm,webgpu --out artifacts/tiny-qwen2` and restart " +
         "`mlcpatch serve`." + (note ? ` ${note}` : ""),
+      "start",
     );
   } else if (unknown.length) {
     showError(
       `No served artifact named ${unknown.join(", ")} (served: ${state.artifacts.map((a) => a.name).join(", ")}). ` +
-        "Check the folder name, or build it with `mlcpatch build … --target llvm,webgpu`.",
+        "Pick one of the served models, or build it with `mlcpatch build … --target llvm,webgpu`.",
+      "models",
     );
   }
   if (params.get("links")) {
@@ -427,7 +719,7 @@ async function main() {
 }
 
 main().catch((err) => {
-  showError(`The page failed to start: ${err.message ?? err}`);
+  showError(`The page failed to start: ${err.message ?? err}`, "start");
   $("app").hidden = false;
   setState("error");
 });
