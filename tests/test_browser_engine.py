@@ -357,3 +357,133 @@ def test_engine_load_reports_progress(browser: BrowserSession, server: Server) -
         assert stage in stages
     progress = [p for _, p in seen]
     assert progress == sorted(progress) and progress[-1] == 1
+
+
+def test_generate_abort_stops_early_with_the_text_so_far(page: Any) -> None:
+    """An AbortSignal stops generate between decode steps: it resolves with the tokens so far,
+    stoppedBy "aborted" and stopped, never running a step after the abort."""
+    body = """
+      const ids = engine.encodeChat('Tell me a long story');
+      const base = {greedy: true, stopTokenIds: []};
+      const full = await engine.generate({promptIds: ids}, {...base, maxNewTokens: 24});
+
+      // Aborted from onToken at the third token: exactly three tokens, no decode after.
+      const byToken = new AbortController();
+      let seen = 0;
+      const a = await engine.generate({promptIds: ids}, {...base, maxNewTokens: 24,
+        signal: byToken.signal, onToken: () => { if (++seen === 3) byToken.abort(); }});
+      const aText = engine.decodeTokens(a.outputIds, {skipSpecialTokens: true});
+
+      // Aborted from outside while it runs (as the chat's Stop button does).
+      const outside = new AbortController();
+      let count = 0;
+      const running = engine.generate({promptIds: ids}, {...base, maxNewTokens: 2000,
+        signal: outside.signal, onToken: () => { count++; }});
+      const atAbort = await new Promise((resolve) => {
+        const timer = setInterval(() => {
+          if (count >= 5) { clearInterval(timer); outside.abort(); resolve(count); }
+        }, 1);
+      });
+      const b = await running;
+
+      // Aborted before it starts: nothing runs.
+      const early = new AbortController();
+      early.abort();
+      const c = await engine.generate({promptIds: ids}, {...base, signal: early.signal});
+      // The engine still works afterwards.
+      const again = await engine.generate({promptIds: ids}, {...base, maxNewTokens: 24});
+      return {full: full.outputIds, fullStopped: full.stopped, fullBy: full.stoppedBy,
+              a: a.outputIds, aBy: a.stoppedBy, aStopped: a.stopped, aText: a.text, aDecoded: aText,
+              b: b.outputIds, bBy: b.stoppedBy, bStopped: b.stopped, atAbort, count,
+              c: c.outputIds, cBy: c.stoppedBy, cStopped: c.stopped, cPrefill: c.timings.prefillMs,
+              again: again.outputIds};
+    """
+    web = engine_call(page, _url("qwen2"), body)
+    assert len(web["full"]) == 24 and web["fullBy"] == "maxNewTokens"
+    assert web["fullStopped"] is False
+    assert web["a"] == web["full"][:3]
+    assert web["aBy"] == "aborted" and web["aStopped"] is True
+    assert web["aText"] == web["aDecoded"]
+    assert web["bBy"] == "aborted" and web["bStopped"] is True
+    assert 5 <= len(web["b"]) < 2000
+    # Stopped at the first check after the abort: not one token more.
+    assert len(web["b"]) == web["atAbort"] == web["count"], web
+    n = min(len(web["b"]), 24)
+    assert web["b"][:n] == web["full"][:n]
+    assert web["c"] == [] and web["cBy"] == "aborted" and web["cStopped"] is True
+    assert web["cPrefill"] == 0
+    assert web["again"] == web["full"]
+
+
+# Load the artifact at arg in a fresh engine; where its library came from.
+LOAD_AND_FREE_JS = """async (url) => {
+  const m = await import('/src/engine.js');
+  const engine = await m.Engine.load(url);
+  const out = {source: engine.wasmSource, caches: await m.cacheNames(),
+               fetchWasmMs: engine.loadTimings.fetchWasmMs};
+  const reply = await engine.generate({promptIds: [1, 2, 3]},
+                                      {maxNewTokens: 3, greedy: true, stopTokenIds: []});
+  out.outputIds = reply.outputIds;
+  engine.dispose();
+  return out;
+}"""
+
+
+def test_wasm_is_cached_checked_and_cleared(browser: BrowserSession, server: Server) -> None:
+    """The library is kept in Cache Storage: the second load fetches no .wasm; a bad cached
+    copy is refused by the manifest check and downloaded again; clearCache() empties the
+    app's caches (the next load downloads the library again)."""
+    page = browser.new_page(server.url + "index.html")
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+
+    def wasm_requests() -> list[str]:
+        return [u for u in requested if u.endswith(".wasm")]
+
+    try:
+        page.evaluate("async () => (await import('/src/engine.js')).clearCache()")
+        assert page.evaluate("async () => (await import('/src/engine.js')).cacheNames()") == []
+
+        first = page.evaluate(LOAD_AND_FREE_JS, _url("qwen2"))
+        assert first["source"] == "network"
+        assert len(wasm_requests()) == 1
+        assert "mlcpatch-wasm" in first["caches"]
+        assert any(n.startswith("mlcpatch-") and n != "mlcpatch-wasm" for n in first["caches"])
+
+        requested.clear()
+        second = page.evaluate(LOAD_AND_FREE_JS, _url("qwen2"))
+        assert second["source"] == "cache"
+        assert wasm_requests() == [], requested
+        assert not [u for u in requested if u.endswith(".bin")], requested  # weights cached too
+        assert second["outputIds"] == first["outputIds"]
+
+        # A corrupted cached copy fails the manifest check: dropped, downloaded again.
+        keys = page.evaluate(
+            """async () => {
+              const cache = await caches.open('mlcpatch-wasm');
+              const keys = await cache.keys();
+              for (const k of keys) {
+                const bytes = new Uint8Array(await (await cache.match(k)).arrayBuffer());
+                bytes[bytes.length >> 1] ^= 0xff;
+                await cache.put(k, new Response(bytes));
+              }
+              return keys.map((k) => k.url);
+            }"""
+        )
+        assert len(keys) == 1 and "?sha256=" in keys[0], keys
+        requested.clear()
+        repaired = page.evaluate(LOAD_AND_FREE_JS, _url("qwen2"))
+        assert repaired["source"] == "network"
+        assert len(wasm_requests()) == 1
+        assert repaired["outputIds"] == first["outputIds"]
+
+        deleted = page.evaluate("async () => (await import('/src/engine.js')).clearCache()")
+        assert "mlcpatch-wasm" in deleted
+        assert page.evaluate("async () => (await import('/src/engine.js')).cacheNames()") == []
+        requested.clear()
+        cleared = page.evaluate(LOAD_AND_FREE_JS, _url("qwen2"))
+        assert cleared["source"] == "network"
+        assert len(wasm_requests()) == 1
+        assert [u for u in requested if u.endswith(".bin")]
+    finally:
+        page.close()

@@ -486,3 +486,147 @@ def test_chat_answer_enter_markdown_and_copy(browser: Any, served: dict[str, Any
         assert scroll_width(page) <= 390
     finally:
         page.close()
+
+
+# --- Stop and the browser's cache on the chat page -------------------------------------------
+
+# The chat's real generate, wrapped to never stop at EOS (a random model may say EOS at any
+# time) and to count the tokens it streams; the page's options (signal, onToken) pass through.
+NO_EOS_JS = """() => {
+  const engine = window.mlcpatch.engine;
+  const real = engine.generate.bind(engine);
+  window.__tokens = 0;
+  engine.generate = async (request, options) => {
+    const result = await real(request, { ...options, stopTokenIds: [],
+      onToken: (id, piece) => { window.__tokens++; options.onToken(id, piece); } });
+    window.__result = result;
+    return result;
+  };
+}"""
+
+
+def test_chat_stop_keeps_the_partial_answer(browser: Any, served: dict[str, Any]) -> None:
+    page = open_page(
+        browser, served["url"] + "index.html?model=tiny-qwen2", "['ready', 'load-error']"
+    )
+    try:
+        assert page.evaluate("document.body.dataset.state") == "ready"
+        assert page.locator("#stop").is_hidden()
+        page.evaluate(NO_EOS_JS)
+        page.fill("#max-tokens", "2000")
+        page.check("#greedy")
+        page.fill("#prompt", "Tell me a very long story")
+        page.press("#prompt", "Enter")
+        page.wait_for_function("window.__tokens >= 5", polling=20, timeout=120_000)
+        # While it runs: Stop shown, Send and Load disabled.
+        assert page.locator("#stop").is_visible() and page.is_enabled("#stop")
+        assert page.is_disabled("#send") and page.is_disabled("#load-button")
+        assert page.evaluate("document.body.dataset.state") == "generating"
+        page.click("#stop")
+        page.wait_for_function("!document.querySelector('.message.streaming')", timeout=30_000)
+        result = page.evaluate("window.__result")
+        assert result["stopped"] is True and result["stoppedBy"] == "aborted"
+        n = len(result["outputIds"])
+        assert 5 <= n < 2000, n
+        assert page.evaluate("window.__tokens") == n
+        answer = page.locator(".message.assistant")
+        assert "stopped" in (answer.get_attribute("class") or "")
+        assert answer.evaluate("(e) => getComputedStyle(e, '::before').content") == (
+            '"Model (stopped)"'
+        )
+        body = answer.locator(".body")
+        assert body.is_visible()
+        assert body.get_attribute("data-markdown") == result["text"]
+        assert answer.locator(".stopped-note").inner_text() == f"Stopped after {n} tokens"
+        assert answer.locator("button.copy").is_visible()
+        assert "(stopped)" in page.inner_text("#stats")
+        assert page.inner_text("#stats").startswith(f"{n} tokens;")
+        # The buttons come back; the stopped answer stays in the conversation.
+        assert page.locator("#stop").is_hidden()
+        assert page.is_enabled("#send") and page.is_enabled("#load-button")
+        assert page.evaluate("document.body.dataset.state") == "ready"
+        messages = page.evaluate("window.mlcpatch.messages")
+        assert messages[-1] == {"role": "assistant", "content": result["text"]}
+
+        # And the next answer runs to its end.
+        page.fill("#max-tokens", "3")
+        page.fill("#prompt", "Shorter, please")
+        page.press("#prompt", "Enter")
+        page.wait_for_function("document.querySelectorAll('.message.assistant').length === 2")
+        page.wait_for_function("!document.querySelector('.message.streaming')", timeout=60_000)
+        second = page.evaluate("window.__result")
+        assert second["stopped"] is False and len(second["outputIds"]) == 3
+        assert page.locator(".message.assistant.stopped").count() == 1
+    finally:
+        page.close()
+
+
+def cache_text(page: Any) -> str:
+    return page.inner_text("#cache-usage")
+
+
+def test_chat_caches_the_wasm_shows_usage_and_clears(browser: Any, served: dict[str, Any]) -> None:
+    import re
+
+    def watch(page: Any) -> list[str]:
+        seen: list[str] = []
+        page.on("request", lambda r: seen.append(r.url) if r.url.endswith(".wasm") else None)
+        return seen
+
+    def clear(page: Any) -> None:
+        page.evaluate("document.getElementById('cache-note').textContent = ''")
+        page.click("#clear-cache")
+        page.wait_for_function(
+            "/cleared|already empty/.test(document.getElementById('cache-note').textContent)"
+        )
+        names = page.evaluate("async () => (await import('/src/engine.js')).cacheNames()")
+        assert names == []
+
+    def load(page: Any) -> None:
+        page.select_option("#model-select", "tiny-qwen2")
+        page.click("#load-button")
+        page.wait_for_function(
+            "['ready', 'load-error'].includes(document.body.dataset.state)", timeout=300_000
+        )
+        assert page.evaluate("document.body.dataset.state") == "ready"
+
+    usage = re.compile(r"^Cache: [0-9.]+ (B|KiB|MiB|GiB)$")
+    page = open_page(browser, served["url"] + "index.html")
+    wasm = watch(page)
+    try:
+        assert page.locator("#storage").is_visible()
+        assert usage.match(cache_text(page)), cache_text(page)
+        assert page.locator("#clear-cache").is_visible()
+        clear(page)
+
+        # First visit: the library is downloaded, and the page asks for persistent storage.
+        page.evaluate("document.body.dataset.state = 'idle'")
+        load(page)
+        assert len(wasm) == 1, wasm
+        assert page.evaluate("window.mlcpatch.engine.wasmSource") == "network"
+        assert "from the browser's cache" not in page.inner_text("#stats")
+        assert usage.match(cache_text(page)), cache_text(page)
+        assert cache_text(page) != "Cache: 0 B"
+        assert isinstance(page.evaluate("window.mlcpatch.persisted"), bool)
+        assert "Persistent storage" in page.inner_text("#persist-status")
+    finally:
+        page.close()
+
+    # Second visit, same browser: no request for the library.
+    page = open_page(browser, served["url"] + "index.html")
+    wasm = watch(page)
+    try:
+        assert cache_text(page) != "Cache: 0 B"
+        load(page)
+        assert wasm == [], wasm
+        assert page.evaluate("window.mlcpatch.engine.wasmSource") == "cache"
+        assert "library from the browser's cache" in page.inner_text("#stats")
+
+        # "Clear cache" empties it: the next load downloads the library again.
+        clear(page)
+        page.evaluate("document.body.dataset.state = 'idle'")
+        load(page)
+        assert len(wasm) == 1, wasm
+        assert page.evaluate("window.mlcpatch.engine.wasmSource") == "network"
+    finally:
+        page.close()

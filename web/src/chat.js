@@ -1,14 +1,30 @@
 // The chat page: pick an artifact folder served by `mlcpatch serve`, load it, chat with it.
 // `?model=NAME` loads NAME at once; a name the server does not offer is reported, and no other
-// model is picked in its place.
+// model is picked in its place. Stop ends an answer early (the partial answer stays, marked);
+// the page shows how much the browser's cache holds and can clear it.
 
 import { detectWebGPU } from "./detect.js";
 import { setMarkdown } from "./markdown.js";
-import { copyButton, formatBytes, setRichText, softwareAdapterWarning, webgpuAdvice } from "./ui.js";
+import {
+  cacheUsage,
+  copyButton,
+  formatBytes,
+  setRichText,
+  softwareAdapterWarning,
+  webgpuAdvice,
+} from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const state = { engine: null, messages: [], busy: false, artifacts: [] };
+const state = {
+  engine: null,
+  messages: [],
+  busy: false, // an answer is being generated
+  loading: false,
+  abort: null, // the AbortController of the answer being generated
+  artifacts: [],
+  persisted: null, // navigator.storage.persist()'s answer, asked once after the first load
+};
 // Exposed for debugging in the console and for the browser tests.
 window.mlcpatch = state;
 
@@ -56,14 +72,69 @@ function selected() {
 
 function onSelect() {
   const entry = selected();
-  $("load-button").disabled = !entry || state.busy;
   const size = sizeText(entry);
   $("model-size").textContent = size ? `about ${size} to download` : "";
+  updateButtons();
+}
+
+/** Load and Send while nothing runs, Stop while an answer is generated. */
+function updateButtons() {
+  $("load-button").disabled = !selected() || state.busy || state.loading;
+  $("clear-cache").disabled = state.loading;
+  $("send").disabled = state.busy || state.loading;
+  $("stop").hidden = !state.busy;
+  $("stop").disabled = !state.busy || state.abort?.signal.aborted === true;
+}
+
+// --- the browser's cache -------------------------------------------------------------------
+
+async function showCacheUsage() {
+  if (typeof caches === "undefined") return; // no Cache Storage here: nothing to show
+  const usage = await cacheUsage();
+  $("storage").hidden = false;
+  const text = usage ? `Cache: ${formatBytes(usage.bytes)}` : "Cache: size unknown";
+  $("cache-usage").textContent = text;
+  $("cache-usage").title = usage
+    ? `${usage.whole ? "All storage of this site" : "Cache Storage of this site"}` +
+      (usage.quota ? ` (the browser allows up to ${formatBytes(usage.quota)})` : "")
+    : "";
+}
+
+async function clearCacheClicked() {
+  $("clear-cache").disabled = true;
+  $("cache-note").textContent = "";
+  try {
+    const { clearCache } = await import("./engine.js");
+    const names = await clearCache();
+    $("cache-note").textContent = names.length
+      ? "Cache cleared: the next load downloads the model again."
+      : "The cache was already empty.";
+  } catch (err) {
+    showError($("load-error"), `Could not clear the cache: ${err.message ?? err}`);
+  } finally {
+    await showCacheUsage();
+    updateButtons();
+  }
+}
+
+/** Ask once for persistent storage (so the browser keeps the cache when space runs low). */
+async function requestPersistence() {
+  if (state.persisted !== null || !navigator.storage?.persist) return;
+  try {
+    state.persisted = await navigator.storage.persist();
+  } catch {
+    state.persisted = false;
+  }
+  $("persist-status").textContent = state.persisted
+    ? "Persistent storage granted: the browser keeps the cache."
+    : "Persistent storage not granted: the browser may evict the cache when space runs low.";
 }
 
 async function load(entry) {
-  if (!entry) return;
-  $("load-button").disabled = true;
+  if (!entry || state.busy) return;
+  state.loading = true;
+  document.body.dataset.state = "loading";
+  updateButtons();
   $("load-error").hidden = true;
   $("progress").hidden = false;
   state.engine?.dispose();
@@ -80,36 +151,45 @@ async function load(entry) {
     $("messages").replaceChildren();
     $("chat").hidden = false;
     const t = state.engine.loadTimings;
-    $("stats").textContent = `${entry.name} loaded in ${(t.totalMs / 1000).toFixed(1)} s`;
+    const from = state.engine.wasmSource === "cache" ? " (library from the browser's cache)" : "";
+    $("stats").textContent = `${entry.name} loaded in ${(t.totalMs / 1000).toFixed(1)} s${from}`;
+    await requestPersistence();
     document.body.dataset.state = "ready";
   } catch (err) {
     showError($("load-error"), `Could not load ${entry.name}: ${err.message ?? err}`);
     document.body.dataset.state = "load-error";
   } finally {
+    state.loading = false;
     onSelect();
+    await showCacheUsage();
   }
 }
 
 async function send(event) {
   event.preventDefault();
   const text = $("prompt").value.trim();
-  if (!text || state.busy || !state.engine) return;
+  if (!text || state.busy || state.loading || !state.engine) return;
+  const controller = new AbortController();
   state.busy = true;
-  $("send").disabled = true;
+  state.abort = controller;
+  document.body.dataset.state = "generating";
+  updateButtons();
   $("prompt").value = "";
-  state.messages.push({ role: "user", content: text });
+  const conversation = state.messages; // "New chat" starts another one meanwhile
+  conversation.push({ role: "user", content: text });
   addMessage("user", text);
   const answer = addAnswer();
   answer.div.classList.add("streaming");
   try {
     let streamed = "";
     const result = await state.engine.generate(
-      { messages: state.messages },
+      { messages: conversation },
       {
         maxNewTokens: Number($("max-tokens").value),
         temperature: Number($("temperature").value),
         topP: Number($("top-p").value),
         greedy: $("greedy").checked,
+        signal: controller.signal,
         onToken: (_id, piece) => {
           streamed += piece;
           setMarkdown(answer.body, streamed);
@@ -119,19 +199,43 @@ async function send(event) {
     // Per-token pieces can split multi-byte characters; the final decode is exact.
     setMarkdown(answer.body, result.text);
     answer.actions.hidden = false;
-    state.messages.push({ role: "assistant", content: result.text });
+    if (result.stopped) markStopped(answer, result);
+    // A stopped answer stays in the conversation as far as it got.
+    conversation.push({ role: "assistant", content: result.text });
     const t = result.timings;
+    const why = result.stopped ? "stopped" : result.stoppedBy;
     $("stats").textContent =
       `${result.outputIds.length} tokens; prefill ${t.prefillMs.toFixed(0)} ms, ` +
-      `decode ${t.decodeMsPerToken.toFixed(1)} ms/token (${result.stoppedBy})`;
+      `decode ${t.decodeMsPerToken.toFixed(1)} ms/token (${why})`;
   } catch (err) {
     answer.div.classList.add("error");
     answer.body.textContent = `Error: ${err.message ?? err}`;
   } finally {
     answer.div.classList.remove("streaming");
     state.busy = false;
-    $("send").disabled = false;
+    state.abort = null;
+    document.body.dataset.state = "ready";
+    updateButtons();
   }
+}
+
+/** Mark an answer cut short by Stop: it keeps its text, says so, and can still be copied. */
+function markStopped(answer, result) {
+  answer.div.classList.add("stopped");
+  answer.div.dataset.who = "Model (stopped)";
+  const note = document.createElement("span");
+  note.className = "stopped-note";
+  const n = result.outputIds.length;
+  note.textContent = n
+    ? `Stopped after ${n} token${n === 1 ? "" : "s"}`
+    : "Stopped before the first token";
+  answer.actions.append(note);
+}
+
+function stop() {
+  if (!state.abort) return;
+  state.abort.abort();
+  updateButtons(); // Stop is disabled until the engine has stopped (after at most one step)
 }
 
 async function main() {
@@ -190,6 +294,8 @@ async function main() {
   $("model-select").addEventListener("change", onSelect);
   $("load-button").addEventListener("click", () => load(selected()));
   $("chat-form").addEventListener("submit", send);
+  $("stop").addEventListener("click", stop);
+  $("clear-cache").addEventListener("click", clearCacheClicked);
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault(); // no stray newline left in the box
@@ -197,9 +303,11 @@ async function main() {
     }
   });
   $("reset").addEventListener("click", () => {
+    stop(); // a new chat ends the answer being generated
     state.messages = [];
     $("messages").replaceChildren();
   });
+  await showCacheUsage();
   document.body.dataset.state = "idle";
   if (known) await load(selected());
 }

@@ -395,7 +395,9 @@ export class Engine {
    *
    * options: onProgress({stage, progress, text}), contextWindowSize, prefillChunkSize,
    * cacheScope (Cache Storage name for the weights; default keyed by their hash),
+   * cacheWasm (keep the library in Cache Storage; default true),
    * device (a GPUDevice to share), logger(msg), signal (AbortSignal).
+   * engine.wasmSource says where the library came from: "cache" or "network".
    */
   static async load(url, options = {}) {
     const base = new URL(url, globalThis.location?.href).href.replace(/\/?$/, "/");
@@ -451,15 +453,28 @@ export class Engine {
     }
     finish("config");
 
-    const wasm = await timed("fetchWasmMs", () =>
-      files.fetch(
+    // The library comes from Cache Storage when an earlier load kept it (keyed by its URL and
+    // its manifest sha256, and checked again like a download); else it is downloaded, checked,
+    // and kept for the next load.
+    const cacheWasm = options.cacheWasm ?? true;
+    let wasmSource = "network";
+    const wasm = await timed("fetchWasmMs", async () => {
+      const cached = cacheWasm ? await readCachedWasm(files, wasmName) : null;
+      if (cached) {
+        wasmSource = "cache";
+        report("wasm", 0.5, `${wasmName} from the browser's cache`);
+        return cached;
+      }
+      const bytes = await files.fetch(
         wasmName,
         "the WebGPU library",
         options.signal,
         (loaded, total) =>
           report("wasm", loaded / total, `Downloading ${wasmName} (${mb(loaded)}/${mb(total)} MB)`),
-      ),
-    );
+      );
+      if (cacheWasm) await storeWasm(files, wasmName, bytes);
+      return bytes;
+    });
     const logger = options.logger ?? (() => {});
     // Chrome refuses to compile a large wasm synchronously: instantiate() is the async path.
     const tvm = await timed("instantiateMs", () =>
@@ -498,6 +513,7 @@ export class Engine {
     await timed("pipelinesMs", () => tvm.asyncLoadWebGPUPipelines(engine.vm.getInternalModule()));
     finish("pipelines");
     engine.loadTimings = { ...timings, totalMs: performance.now() - started };
+    engine.wasmSource = wasmSource;
     onProgress({ stage: "ready", progress: 1, text: "Ready", elapsedMs: engine.loadTimings.totalMs });
     return engine;
   }
@@ -660,8 +676,10 @@ export class Engine {
    *
    * input: a prompt string, {messages}, or {promptIds} (skips the template).
    * options: maxNewTokens (64), temperature (1), topP (1), greedy (false), seed,
-   * stopTokenIds (default: the model's EOS ids; [] never stops early), onToken(id, text).
-   * Returns {promptIds, outputIds, text, stoppedBy, timings}.
+   * stopTokenIds (default: the model's EOS ids; [] never stops early), onToken(id, text),
+   * signal (an AbortSignal, checked between decode steps: once aborted, generation stops and
+   * the promise resolves with what was generated so far, stoppedBy "aborted", stopped true).
+   * Returns {promptIds, outputIds, text, stoppedBy, stopped, timings}.
    */
   async generate(input, options = {}) {
     const run = this.#busy.then(() => this.#generate(input, options));
@@ -677,7 +695,9 @@ export class Engine {
       greedy = false,
       seed = undefined,
       onToken = undefined,
+      signal = undefined,
     } = options;
+    const aborted = () => signal?.aborted === true;
     const promptIds =
       input?.promptIds != null
         ? Array.from(input.promptIds)
@@ -685,35 +705,51 @@ export class Engine {
     const stops = new Set(options.stopTokenIds ?? this.eosTokenIds);
     const rng = makeRng(seed);
     this.reset();
-    const t0 = performance.now();
-    let logits = this.#withEmbeds(promptIds, (e) => this.prefill(e));
-    let values = await logits.toArray();
-    logits.dispose();
-    const prefillMs = performance.now() - t0;
     const output = [];
     let stoppedBy = "maxNewTokens";
-    const t1 = performance.now();
-    for (let step = 0; step < maxNewTokens; step++) {
-      const token = sampleToken(values, { temperature, topP, greedy, rng });
-      output.push(token);
-      if (onToken) onToken(token, this.decodeTokens([token], { skipSpecialTokens: true }));
-      if (stops.has(token)) {
-        stoppedBy = "stopToken";
-        break;
+    let prefillMs = 0;
+    let decodeMs = 0;
+    if (aborted()) {
+      stoppedBy = "aborted"; // aborted before it started (or while queued): nothing runs
+    } else {
+      const t0 = performance.now();
+      let logits = this.#withEmbeds(promptIds, (e) => this.prefill(e));
+      let values = await logits.toArray();
+      logits.dispose();
+      prefillMs = performance.now() - t0;
+      const t1 = performance.now();
+      for (let step = 0; step < maxNewTokens; step++) {
+        // Each read-back above awaits the GPU, so an abort from the page lands in between.
+        if (aborted()) {
+          stoppedBy = "aborted";
+          break;
+        }
+        const token = sampleToken(values, { temperature, topP, greedy, rng });
+        output.push(token);
+        if (onToken) onToken(token, this.decodeTokens([token], { skipSpecialTokens: true }));
+        if (stops.has(token)) {
+          stoppedBy = "stopToken";
+          break;
+        }
+        if (step + 1 < maxNewTokens) {
+          if (aborted()) {
+            stoppedBy = "aborted"; // (by onToken, say): no decode step is wasted
+            break;
+          }
+          logits = this.#withEmbeds([token], (e) => this.decode(e));
+          values = await logits.toArray();
+          logits.dispose();
+        }
       }
-      if (step + 1 < maxNewTokens) {
-        logits = this.#withEmbeds([token], (e) => this.decode(e));
-        values = await logits.toArray();
-        logits.dispose();
-      }
+      decodeMs = performance.now() - t1;
     }
-    const decodeMs = performance.now() - t1;
     const textIds = output.filter((t) => !stops.has(t));
     return {
       promptIds,
       outputIds: output,
       text: this.decodeTokens(textIds, { skipSpecialTokens: true }),
       stoppedBy,
+      stopped: stoppedBy === "aborted",
       timings: {
         prefillMs,
         decodeMs,
@@ -881,11 +917,96 @@ function mb(bytes) {
   return (bytes / (1024 * 1024)).toFixed(1);
 }
 
+// --- Cache Storage ---------------------------------------------------------------------------
+//
+// Every cache this engine fills is named "mlcpatch" or "mlcpatch-…": the weights under a name
+// keyed by their hash, the WebGPU libraries in WASM_CACHE. clearCache() deletes them all.
+
+export const CACHE_PREFIX = "mlcpatch";
+const WASM_CACHE = `${CACHE_PREFIX}-wasm`;
+
+/** Names of this app's Cache Storage caches (weights and libraries). */
+export async function cacheNames() {
+  if (typeof caches === "undefined") return [];
+  const names = await caches.keys();
+  return names.filter((n) => n === CACHE_PREFIX || n.startsWith(`${CACHE_PREFIX}-`));
+}
+
+/**
+ * Delete this app's Cache Storage caches (weights and libraries; a custom `cacheScope` given
+ * to Engine.load is not among them): the next load downloads everything again. Returns the
+ * names deleted. Loaded engines keep working (their data is on the GPU already).
+ */
+export async function clearCache() {
+  const names = await cacheNames();
+  await Promise.all(names.map((n) => caches.delete(n)));
+  return names;
+}
+
 // A content-keyed Cache Storage name, so a rebuilt artifact at the same URL is not served
 // stale weights from the browser's cache.
 function weightsCacheScope(manifest) {
   const sha = manifest?.files?.["tensor-cache.json"]?.sha256;
-  return sha ? `mlcpatch-${sha.slice(0, 16)}` : "mlcpatch";
+  return sha ? `${CACHE_PREFIX}-${sha.slice(0, 16)}` : CACHE_PREFIX;
+}
+
+async function openCache(name) {
+  if (typeof caches === "undefined") return null; // no Cache Storage (an insecure context)
+  try {
+    return await caches.open(name);
+  } catch {
+    return null; // storage turned off, or a private window that refuses it
+  }
+}
+
+// The library's cache key: its URL and its manifest sha256, so a rebuilt library (a new
+// hash) is downloaded again, and a copy of another folder is never taken for it.
+function wasmKey(files, name) {
+  return `${files.urlOf(name)}?sha256=${files.files[name].sha256}`;
+}
+
+/** The cached library, checked against the manifest like a download; null when there is none
+ *  (or its copy is bad: then it is dropped, and the caller downloads it again). */
+async function readCachedWasm(files, name) {
+  const cache = await openCache(WASM_CACHE);
+  if (!cache) return null;
+  const key = wasmKey(files, name);
+  let bytes;
+  try {
+    const response = await cache.match(key);
+    if (!response) return null;
+    bytes = new Uint8Array(await response.arrayBuffer());
+  } catch {
+    return null;
+  }
+  try {
+    await files.verify(name, bytes);
+  } catch (err) {
+    if (!(err instanceof ArtifactError)) throw err;
+    await cache.delete(key).catch(() => {});
+    return null;
+  }
+  return bytes;
+}
+
+/** Keep a checked library for the next load, replacing older copies from the same URL. A full
+ *  or disabled storage only costs the next load a download. */
+async function storeWasm(files, name, bytes) {
+  const cache = await openCache(WASM_CACHE);
+  if (!cache) return false;
+  const url = files.urlOf(name);
+  const key = wasmKey(files, name);
+  try {
+    for (const old of await cache.keys()) {
+      const oldUrl = new URL(old.url);
+      if (old.url !== key && oldUrl.origin + oldUrl.pathname === url) await cache.delete(old);
+    }
+    const headers = { "Content-Type": "application/wasm" };
+    await cache.put(key, new Response(bytes, { headers }));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // The tokenizer files loadTokenizer fetches, from the config's tokenizer_files.

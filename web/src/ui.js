@@ -1,5 +1,6 @@
 // Small helpers shared by the chat page and the playground: sizes, the WebGPU advice for the
-// browser at hand, the software-adapter warning, copy buttons and messages with `code`.
+// browser at hand, the software-adapter warning, copy buttons, messages with `code`, and the
+// storage this origin uses.
 
 import { renderInline } from "./markdown.js";
 
@@ -158,4 +159,21 @@ export function copyButton(getText, what = "answer") {
     }, 1500);
   });
   return button;
+}
+
+/**
+ * Bytes this origin keeps in Cache Storage (weights and libraries), from
+ * navigator.storage.estimate(): its per-kind usageDetails where the browser gives them (Chromium),
+ * else the origin's whole usage. null where the browser gives no estimate.
+ */
+export async function cacheUsage() {
+  if (!navigator.storage?.estimate) return null;
+  try {
+    const estimate = await navigator.storage.estimate();
+    const details = estimate.usageDetails;
+    const bytes = details ? (details.caches ?? 0) : estimate.usage;
+    return { bytes: Number(bytes) || 0, quota: estimate.quota ?? null, whole: !details };
+  } catch {
+    return null;
+  }
 }
