@@ -81,7 +81,7 @@ def write_binary(link_file: LinkFile, path: pathlib.Path, dtype: str = "f32") ->
     return manifest_path
 
 
-def _safetensors_header(path: pathlib.Path) -> dict[str, Any]:
+def read_safetensors_header(path: pathlib.Path) -> dict[str, Any]:
     """The JSON header, read without touching the tensor data; offsets checked against the size."""
     try:
         with open(path, "rb") as f:
@@ -227,7 +227,7 @@ def read_binary(path: pathlib.Path) -> LinkFile:
             weights_path = _weights_in_folder(manifest_path, manifest["weights"])
     if not weights_path.is_file():
         raise LinkFileError(f"{weights_path}: weights file not found")
-    header = _safetensors_header(weights_path)
+    header = read_safetensors_header(weights_path)
     for key, info in header.items():
         if (
             key != "__metadata__"
