@@ -182,3 +182,35 @@ def test_cli_errors_are_one_line(tmp_path: pathlib.Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: cannot load model '{tmp_path / 'nowhere'}'")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_snapshots_hold_the_links_of_each_validation_and_the_log_times_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    config = tiny_config(
+        tmp_path, stage="outer", steps=4, eval_every=2, batch_size=4, snapshots=True, lr=3e-3
+    )
+    result = Trainer(config, log=lambda _: None).run()
+    folders = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert folders == ["step-00000", "step-00002", "step-00004"]
+    start = LinkSet.from_file(load_links(tmp_path / "snapshots" / "step-00000")).state_dict()
+    last = LinkSet.from_file(load_links(tmp_path / "snapshots" / "step-00004")).state_dict()
+    # Step 0 is the closed-form start; training moved the outer links away from it by step 4.
+    assert any(not torch.equal(start[k], last[k]) for k in start)
+    # The exported links are the kept-best ones, so they equal one of the snapshots.
+    exported = LinkSet.from_file(load_links(tmp_path)).state_dict()
+    snapshots = [
+        LinkSet.from_file(load_links(tmp_path / "snapshots" / name)).state_dict()
+        for name in folders
+    ]
+    assert any(all(torch.equal(s[k], exported[k]) for k in exported) for s in snapshots)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    elapsed = [entry["elapsed"] for entry in log]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+    assert [e["snapshot"] for e in log if "snapshot" in e] == [f"snapshots/{n}" for n in folders]
+    assert len(result.evaluations) == 3
+
+
+def test_no_snapshots_unless_asked(tmp_path: pathlib.Path) -> None:
+    Trainer(tiny_config(tmp_path, stage="outer", steps=2, eval_every=1), log=lambda _: None).run()
+    assert not (tmp_path / "snapshots").exists()

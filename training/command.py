@@ -119,6 +119,12 @@ def one_line_errors(func: F) -> F:
 )
 @click.option("--eval-every", type=int, help="Validate every N steps (0: only at stage ends).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (0: only at stage ends).")
+@click.option(
+    "--snapshots/--no-snapshots",
+    default=None,
+    help="Also write the links at every stage-2 validation to OUT/snapshots/step-N "
+    "(a curve of held-out accuracy against steps: `mlcpatch eval --links` per snapshot).",
+)
 @click.option("--seed", type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (links-out).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from OUT/checkpoint.")

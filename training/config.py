@@ -67,6 +67,10 @@ class TrainConfig:
     eval_examples: int = 32
     max_new_tokens: int = 12
     save_every: int = 100
+    # Write the links at every stage-2 validation to OUT/snapshots/step-NNNNN, so that a curve of
+    # accuracy on held-out questions against steps can be measured afterwards (`mlcpatch eval
+    # --links` once per snapshot). Off by default: one file per validation adds up.
+    snapshots: bool = False
     out: str = "links-out"
     resume: bool = False
     seed: int = 0
