@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 # emscripten's TVM web runtime, built once into ~/.cache/mlcpatch (WebGPU builds link with it).
 toolchain: system $(STAMP)
-	$(BIN)/python -m mlcpatch.recipes.toolchain
+	$(BIN)/python -m mlcpatch.build.webgpu.toolchain
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -100,14 +100,14 @@ serve: setup
 # Printed figures, never asserted: backend call times and build cost, then latent vs text.
 bench: setup
 	mkdir -p bench
-	$(BIN)/python -m mlcpatch.recipes.bench --json bench/backend.json
+	$(BIN)/python -m mlcpatch.build.bench --json bench/backend.json
 	$(BIN)/mlcpatch build --arch qwen2 --model tiny-random --out artifacts/tiny-qwen2 --overwrite --quiet
 	$(BIN)/mlcpatch bench --model artifacts/tiny-qwen2 --out bench/loop
 
 # WebGPU (SwiftShader in headless Chromium here) against the CPU build of the same model.
 bench-webgpu: setup
 	mkdir -p bench
-	$(BIN)/python -m mlcpatch.recipes.webgpu_bench --json bench/webgpu.json
+	$(BIN)/python tests/webgpu_bench.py --json bench/webgpu.json
 
 # Re-export the loop's patterns and notes as JSON for the playground (tests check they are current).
 web-assets: setup

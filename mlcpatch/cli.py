@@ -47,10 +47,9 @@ def _register() -> None:
     from mlcpatch.serve import serve_command
 
     main.add_command(serve_command)
-    try:
-        from mlcpatch.recipes.command import build_command, generate_command, hidden_command
-    except ImportError:  # the build commands arrive with the compiler backend
-        return
+
+    from mlcpatch.build.command import build_command, generate_command, hidden_command
+
     main.add_command(build_command)
     main.add_command(generate_command)
     main.add_command(hidden_command)

@@ -34,7 +34,9 @@ from typing import Any, BinaryIO
 
 import click
 
-WEB_DIR = pathlib.Path(__file__).resolve().parent.parent / "web"
+from mlcpatch.resources import web_dir
+
+WEB_DIR = web_dir()
 ARTIFACTS_PREFIX = "/artifacts/"
 INDEX_PATH = "/artifacts/index.json"
 CHAT_CONFIG = "mlc-chat-config.json"

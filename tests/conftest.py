@@ -67,7 +67,7 @@ def build_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathli
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], pathlib.Path]:
     """variant name -> folder holding that tiny random HF model (written once)."""
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.tiny import write_tiny_model
 
     made: dict[str, pathlib.Path] = {}
 
@@ -92,7 +92,7 @@ def built(
     tiny_hf: Callable[[str], pathlib.Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[..., pathlib.Path]:
     """(variant, quantization) -> artifact folder built from it (built once per session)."""
-    from mlcpatch.recipes.build import BuildOptions, build
+    from mlcpatch.build.pipeline import BuildOptions, build
 
     done: dict[tuple[str, str], pathlib.Path] = {}
 

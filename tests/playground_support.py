@@ -44,7 +44,7 @@ _built: dict[str, pathlib.Path] = {}
 def _share_toolchain() -> None:
     """Let the session's private build cache use an already built WebGPU toolchain (TVM's web
     runtime bitcode, 2.5 minutes to build) instead of building it again."""
-    from mlcpatch.recipes.toolchain import tvm_version
+    from mlcpatch.build.webgpu.toolchain import tvm_version
 
     if not os.environ.get("MLCPATCH_CACHE_DIR"):
         return  # builds use the shared cache itself
@@ -81,7 +81,7 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
                 if name == "tiny-qwen2":
                     source = "tiny-random"
                 else:
-                    from mlcpatch.recipes.tiny import write_tiny_model
+                    from mlcpatch.build.tiny import write_tiny_model
 
                     hf = root / f"hf-{name}"
                     source = str(write_tiny_model(hf, arch, seed, config_overrides=overrides))
@@ -111,7 +111,7 @@ def linked_builds(tmp_path_factory: Any, names: list[str]) -> pathlib.Path:
     test, naming the cause, without the WebGPU toolchain."""
     import pytest
 
-    from mlcpatch.recipes.toolchain import ToolchainError, find_toolchain
+    from mlcpatch.build.webgpu.toolchain import ToolchainError, find_toolchain
 
     try:
         find_toolchain()

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser_support import BrowserSession, chromium, engine_call, load_engine
 from test_browser_engine import TOL, TOL_LOGITS
 
-from mlcpatch.browser import BrowserSession, chromium, engine_call, load_engine
 from mlcpatch.runtime import ArtifactError, Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 

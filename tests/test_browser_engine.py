@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser_support import BrowserSession, chromium, engine_call, load_engine
 
-from mlcpatch.browser import BrowserSession, chromium, engine_call, load_engine
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
@@ -201,7 +201,7 @@ def test_as_accurate_as_float32_reference(page: Any, cpu: dict[str, Runtime], ar
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mlcpatch.recipes.source import resolve_source
+    from mlcpatch.build.source import resolve_source
 
     rt = cpu[arch]
     ids = rt.encode_chat(PROMPT)

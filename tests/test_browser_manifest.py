@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from browser_support import BrowserSession, chromium
 
-from mlcpatch.browser import BrowserSession, chromium
 from mlcpatch.runtime import ArtifactError, Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser_support import chromium, engine_call, load_engine
 from test_browser_engine import FORWARD_JS, TOL, TOL_LOGITS, _cpu_forward
 
-from mlcpatch.browser import chromium, engine_call, load_engine
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
@@ -40,9 +40,9 @@ CONFIG = {
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from playground_support import _share_toolchain
 
-    from mlcpatch.recipes.build import BuildOptions, build
-    from mlcpatch.recipes.tiny import write_tiny_model
-    from mlcpatch.recipes.toolchain import ToolchainError, find_toolchain
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.tiny import write_tiny_model
+    from mlcpatch.build.webgpu.toolchain import ToolchainError, find_toolchain
 
     try:
         find_toolchain()

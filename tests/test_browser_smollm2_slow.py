@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser_support import chromium, engine_call, load_engine
 
-from mlcpatch.browser import chromium, engine_call, load_engine
-from mlcpatch.recipes.build import BuildOptions, build
+from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, running_server
 

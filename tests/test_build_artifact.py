@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
+from mlcpatch.build.pipeline import BuildOptions, build
+from mlcpatch.build.shards import SHARD_CAP_BYTES
 from mlcpatch.models.registry import builtin_model_file
-from mlcpatch.recipes.build import BuildOptions, build
-from mlcpatch.recipes.shards import SHARD_CAP_BYTES
 
 HIDDEN_FUNCTIONS = ("get_last_hidden", "decode_last_hidden")
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from mlcpatch.recipes.artifact import staging_dir
-from mlcpatch.recipes.build import BuildOptions, build
-from mlcpatch.recipes.staging import sweep_stale
-from mlcpatch.recipes.step_cache import StepCache
+from mlcpatch.build.artifact import staging_dir
+from mlcpatch.build.pipeline import BuildOptions, build
+from mlcpatch.build.staging import sweep_stale
+from mlcpatch.build.step_cache import StepCache
 
 
 def _cache_with_entry(tmp_path: pathlib.Path) -> tuple[StepCache, pathlib.Path]:
@@ -82,7 +82,7 @@ def test_a_rebuild_after_cache_damage_rebuilds_the_step(
 
 _HOLD = """
 import pathlib, sys, time
-from mlcpatch.recipes.artifact import staging_dir
+from mlcpatch.build.artifact import staging_dir
 with staging_dir(pathlib.Path(sys.argv[1]), False) as stage:
     (stage / "half-written.bin").write_bytes(b"x")
     print(stage, flush=True)

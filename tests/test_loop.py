@@ -32,8 +32,8 @@ def qwen(built: Callable[..., pathlib.Path]) -> Runtime:
 @pytest.fixture(scope="module")
 def narrow_llama(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A second, different model (hidden 48 instead of 64) for heterogeneous agents."""
-    from mlcpatch.recipes.build import BuildOptions, build
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.tiny import write_tiny_model
 
     hf = write_tiny_model(
         tmp_path_factory.mktemp("hf-narrow"),

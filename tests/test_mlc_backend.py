@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from fakes.mlc import FakeMlc, clean_env, install_fake_mlc
 
+from mlcpatch.build.mlc.locate import script_interpreter
 from mlcpatch.patcher import NOT_PATCHED, PATCHED, check_file
-from mlcpatch.recipes.mlc_backend import script_interpreter
 
 MLCPATCH = Path(sys.executable).with_name("mlcpatch")
 # Nothing the build runs is looked up on PATH but mlc_llm and emcc (and this machine has an emcc).

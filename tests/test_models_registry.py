@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ast
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import mlcpatch.build.recipe as recipe_module
+from mlcpatch.build.recipe import load_recipe
 from mlcpatch.models.registry import (
     BUILTIN_ARCHS,
     UnknownArchError,
@@ -36,6 +39,30 @@ def test_registry_imports_neither_tvm_nor_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_registry_and_recipe_agree(arch: str) -> None:
+    recipe = load_recipe(arch)
+    assert recipe is not None and recipe.arch == arch
+    assert get_arch(arch).recipe == recipe
+    assert get_arch(arch).default_conv_template == recipe.conv_template
+
+
+def test_registry_reads_the_recipe_files_themselves(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One source of per-arch defaults: a changed recipe changes what the registry says (and so
+    what a build without --conv-template records), and a missing one is named."""
+    (tmp_path / "llama.toml").write_text(
+        'arch = "llama"\nmodel = "some/model"\nconv_template = "edited-template"\n'
+    )
+    monkeypatch.setattr(recipe_module, "recipes_dir", lambda: tmp_path)
+    recipe = load_recipe("llama")
+    assert recipe is not None and recipe.conv_template == "edited-template"
+    assert get_arch("llama").default_conv_template == "edited-template"
+    with pytest.raises(FileNotFoundError, match=r"qwen2\.toml: the qwen2 recipe is missing"):
+        _ = get_arch("qwen2").default_conv_template
 
 
 def test_unknown_arch_lists_the_known_ones() -> None:

@@ -55,7 +55,8 @@ def zero_links(pattern_name: str, width: int, out: pathlib.Path) -> pathlib.Path
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from mlcpatch.browser import BrowserUnavailable, find_chromium
+    from browser_support import BrowserUnavailable, find_chromium
+
     from mlcpatch.serve import running_server
 
     try:
@@ -85,7 +86,7 @@ def server_index(url: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def browser(served: dict[str, Any]) -> Iterator[Any]:
-    from mlcpatch.browser import chromium
+    from browser_support import chromium
 
     with chromium(timeout_ms=TIMEOUT_MS) as session:
         session.context.grant_permissions(

@@ -44,7 +44,8 @@ TIMEOUT_MS = 420_000
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from mlcpatch.browser import BrowserUnavailable, find_chromium
+    from browser_support import BrowserUnavailable, find_chromium
+
     from mlcpatch.serve import running_server
 
     # `make test` installs Chromium and emscripten; without them the setup is broken, and the
@@ -73,7 +74,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 @pytest.fixture(scope="module")
 def page(served: dict[str, Any]) -> Iterator[Any]:
     """One page for the module: the models load once (shader compilation dominates)."""
-    from mlcpatch.browser import chromium
+    from browser_support import chromium
 
     with chromium(timeout_ms=TIMEOUT_MS) as browser:
         page = browser.new_page(served["url"] + "playground.html?model=tiny-qwen2")
@@ -310,8 +311,8 @@ def test_trained_links_give_the_same_answer_in_python_and_in_the_page(
 
     from click.testing import CliRunner
 
+    from mlcpatch.build.source import resolve_source
     from mlcpatch.cli import main
-    from mlcpatch.recipes.source import resolve_source
     from mlcpatch.training.config import build_config
     from mlcpatch.training.trainer import train
 

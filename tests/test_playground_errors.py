@@ -11,7 +11,8 @@ import pytest
 
 
 def test_no_webgpu(tmp_path) -> None:
-    from mlcpatch.browser import BrowserUnavailable, chromium, find_chromium
+    from browser_support import BrowserUnavailable, chromium, find_chromium
+
     from mlcpatch.serve import running_server
 
     try:

@@ -73,7 +73,7 @@ def test_an_unknown_manifest_format_is_refused(artifact: pathlib.Path) -> None:
 def test_the_builds_own_manifest_writer_produces_what_publish_accepts(
     tmp_path: pathlib.Path,
 ) -> None:
-    from mlcpatch.recipes import artifact as recipes_artifact
+    from mlcpatch.build import artifact as recipes_artifact
 
     folder = make_artifact(tmp_path / NAME)
     (folder / "manifest.json").unlink()

@@ -2,8 +2,9 @@
 builds of tiny random models against transformers running the same (dequantized) weights.
 
 The reference weights are decoded from the artifact's shards by this file's own unpacking
-(``decode_q4``), not by recipes/q4_format.py, and checked against the original checkpoint; so
-the kernels, the converter and the format are each held to something they did not compute.
+(``decode_q4``), not by mlcpatch/build/quantization/q4_format.py, and checked against the original
+checkpoint; so the kernels, the converter and the format are each held to something they did not
+compute.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_VARIANTS
 
-from mlcpatch.recipes import q4_format
-from mlcpatch.recipes.q4_format import QuantizeError
+from mlcpatch.build.quantization import q4_format
+from mlcpatch.build.quantization.q4_format import QuantizeError
 from mlcpatch.runtime import Runtime
 
 PROMPT = "What is two plus two? Think step by step."
@@ -268,8 +269,8 @@ def test_unrepresentable_weights_are_refused(
 
 
 def _tiny_model(arch: str, dtype: str = "float32") -> Any:
+    from mlcpatch.build.model_module import import_model_file, instantiate
     from mlcpatch.models.registry import builtin_model_file, get_arch
-    from mlcpatch.recipes.model_module import import_model_file, instantiate
 
     info = get_arch(arch)
     module = import_model_file(builtin_model_file(arch))
@@ -280,9 +281,9 @@ def _tiny_model(arch: str, dtype: str = "float32") -> Any:
 def test_transform_quantizes_linears_and_embedding_only(quant: str) -> None:
     from tvm.target import Target
 
-    from mlcpatch.recipes.compile import export_model
-    from mlcpatch.recipes.group_quant import quantize_model
-    from mlcpatch.recipes.quantization import get_quantization
+    from mlcpatch.build.compile import export_model
+    from mlcpatch.build.quantization.group_quant import quantize_model
+    from mlcpatch.build.quantization.modes import get_quantization
 
     q = get_quantization(quant)
     model = _tiny_model("qwen2", q.model_dtype)
@@ -312,7 +313,7 @@ def test_transform_quantizes_linears_and_embedding_only(quant: str) -> None:
 def test_transform_refuses_layers_it_cannot_reproduce() -> None:
     from tvm.relax.frontend import nn
 
-    from mlcpatch.recipes.group_quant import quantize_model
+    from mlcpatch.build.quantization.group_quant import quantize_model
 
     class ScaledLinear(nn.Linear):
         def scaled(self, x: Any) -> Any:
@@ -346,8 +347,8 @@ def q4_artifact(
 ) -> Callable[[str, str], tuple[pathlib.Path, pathlib.Path]]:
     """(variant, quantization) -> (HF folder, artifact folder). Variants: conftest's, plus
     llama48 (hidden 48: padded groups, tied 4-bit head)."""
-    from mlcpatch.recipes.build import BuildOptions, build
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.tiny import write_tiny_model
 
     extra: dict[tuple[str, str], tuple[pathlib.Path, pathlib.Path]] = {}
 

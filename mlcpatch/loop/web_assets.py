@@ -16,8 +16,9 @@ from dataclasses import asdict
 
 from mlcpatch.loop.patterns import builtin_patterns, load_pattern
 from mlcpatch.loop.tools import load_documents
+from mlcpatch.resources import web_dir
 
-WEB_DATA = pathlib.Path(__file__).resolve().parents[2] / "web" / "data"
+WEB_DATA = web_dir() / "data"
 FORMAT = 1
 
 

@@ -1,7 +1,10 @@
 """The built-in architectures: where each model definition lives and how HF weights map onto it.
 
-Adding an architecture = one folder with ``<arch>_model.py`` + one ``ArchInfo`` entry below.
-This module imports neither tvm nor torch: ``mlcpatch archs`` reads it and must stay fast.
+Adding an architecture = one folder with ``<arch>_model.py`` + one ``ArchInfo`` entry below +
+its recipe, ``recipes/<arch>.toml``: per-arch defaults (model, quantization, conversation
+template...) are read from the recipe only, so the build's options and this registry cannot
+disagree. This module imports neither tvm nor torch: ``mlcpatch archs`` reads it and must stay
+fast.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import importlib
 import pathlib
 from collections.abc import Callable
 from typing import Any
+
+from mlcpatch.build.recipe import Recipe, load_recipe, recipe_path
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -39,7 +44,20 @@ class ArchInfo:
     # HF tensors that exist in some checkpoints but have no counterpart in our definition.
     ignored_weight_suffixes: tuple[str, ...]
     tiny_config: Callable[[], dict[str, Any]]
-    default_conv_template: str
+
+    @property
+    def recipe(self) -> Recipe:
+        recipe = load_recipe(self.name)
+        if recipe is None:
+            raise FileNotFoundError(f"{recipe_path(self.name)}: the {self.name} recipe is missing")
+        return recipe
+
+    @property
+    def default_conv_template(self) -> str:
+        template = self.recipe.conv_template
+        if template is None:
+            raise ValueError(f"{recipe_path(self.name)} names no conv_template")
+        return template
 
     @property
     def module_name(self) -> str:
@@ -181,7 +199,6 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         fused_weights=(_fused_qkv("c_attn", "weight"), _fused_qkv("c_attn", "bias"), _GATE_UP),
         ignored_weight_suffixes=_UNUSED,
         tiny_config=qwen2_tiny_config,
-        default_conv_template="chatml",
     ),
     "llama": ArchInfo(
         name="llama",
@@ -196,7 +213,6 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         ),
         ignored_weight_suffixes=_UNUSED,
         tiny_config=llama_tiny_config,
-        default_conv_template="llama",
     ),
     "qwen3": ArchInfo(
         name="qwen3",
@@ -207,7 +223,6 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         fused_weights=(_fused_qkv("qkv_proj", "weight"), _GATE_UP),
         ignored_weight_suffixes=_UNUSED,
         tiny_config=qwen3_tiny_config,
-        default_conv_template="qwen3",
     ),
     "gemma3": ArchInfo(
         name="gemma3",
@@ -219,7 +234,6 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         fused_weights=(_fused_qkv("qkv_proj", "weight"), _GATE_UP),
         ignored_weight_suffixes=_UNUSED,
         tiny_config=gemma3_tiny_config,
-        default_conv_template="gemma3_instruction",
     ),
     "mistral": ArchInfo(
         name="mistral",
@@ -234,7 +248,6 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
         ),
         ignored_weight_suffixes=_UNUSED,
         tiny_config=mistral_tiny_config,
-        default_conv_template="mistral_default",
     ),
 }
 

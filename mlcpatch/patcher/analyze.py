@@ -304,11 +304,6 @@ def patched_problems(graph: ModuleGraph, target: ClassRef) -> list[str]:
     return problems
 
 
-def method_returns_tuple(fn: ast.FunctionDef) -> bool:
-    returns = [n for n in ast.walk(fn) if isinstance(n, ast.Return)]
-    return bool(returns) and all(isinstance(r.value, ast.Tuple | ast.Call) for r in returns)
-
-
 __all__ = [
     "EXISTING_DECODE",
     "EXISTING_PREFILL",

@@ -1,6 +1,6 @@
 """Checking an artifact folder against its manifest.json before anything leaves the machine.
 
-The manifest is the one that ``mlcpatch.recipes.artifact.write_manifest`` writes; what a valid
+The manifest is the one that ``mlcpatch.build.artifact.write_manifest`` writes; what a valid
 one is lives in ``mlcpatch.manifest`` (shared with loading). Publishing is stricter than loading
 in one way: a file the manifest does not list is refused too.
 """

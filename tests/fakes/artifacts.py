@@ -1,4 +1,4 @@
-"""A small artifact folder written by hand in the build's format (recipes/artifact.py
+"""A small artifact folder written by hand in the build's format (mlcpatch/build/artifact.py
 write_manifest): a few files, and a manifest listing each with its size and sha256."""
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ export class LoopHost {
       if (!this.links) {
         throw new LinkError(
           "latent mode needs a link file: write one with `mlcpatch run … --save-links DIR` " +
-            "(or `python -m mlcpatch.loop.export_links`) and pick it here",
+            "and pick it here",
         );
       }
       // What Python's links_from_file checks first: each link's agents and sizes vs the models.

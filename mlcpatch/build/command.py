@@ -117,8 +117,8 @@ def build_command(
       mlcpatch build --backend mlc --arch qwen2 --model DIR --quant q4f16_1 --target webgpu
     """
     from mlcpatch.models.registry import get_arch
-    from mlcpatch.recipes.build import BuildOptions, build
-    from mlcpatch.recipes.recipe import load_recipe
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.recipe import load_recipe
 
     if keep_patch and backend != "mlc":
         raise click.UsageError("--keep-patch only applies to --backend mlc")
@@ -146,7 +146,7 @@ def build_command(
             progress=not quiet,
         )
         if backend == "mlc":
-            from mlcpatch.recipes.mlc_backend import build_mlc, mlc_options
+            from mlcpatch.build.mlc.pipeline import build_mlc, mlc_options
 
             result = build_mlc(mlc_options(options, keep_patch=keep_patch))
         else:

@@ -2,7 +2,7 @@
 
 ``quantize_model`` swaps every ``nn.Linear`` and ``nn.Embedding`` of an instantiated model for a
 4-bit module holding ``q_weight`` (uint32) and ``q_scale`` parameters in the layout of
-recipes/q4_format.py, so the model definitions in mlcpatch/models/ stay as they are. Norms and
+q4_format.py, so the model definitions in mlcpatch/models/ stay as they are. Norms and
 biases keep the model dtype.
 
 The packed weights are what lives on the device: every kernel that reads a weight dequantizes
@@ -22,8 +22,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from mlcpatch.recipes import q4_format as fmt
-from mlcpatch.recipes.q4_format import QuantizedWeight, QuantizeError
+from mlcpatch.build.quantization import q4_format as fmt
+from mlcpatch.build.quantization.q4_format import QuantizedWeight, QuantizeError
 
 DEQUANT_BLOCK = "q4_dequantize"
 

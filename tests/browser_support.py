@@ -1,4 +1,4 @@
-"""Driving a headless Chromium with WebGPU from Python (browser tests and benchmarks).
+"""Driving a headless Chromium with WebGPU from Python (browser tests and tests/webgpu_bench.py).
 
 Uses Playwright for Python with the system's Chromium (never ``playwright install``). Without
 a GPU, Chromium's WebGPU runs on SwiftShader, and only with ``--enable-unsafe-webgpu``; the

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pathlib
 import random
 from dataclasses import dataclass
-from importlib import resources
+
+from mlcpatch.resources import training_data_dir
 
 
 class DataError(ValueError):
@@ -28,7 +29,7 @@ BUILTIN_NAME = "sample.jsonl"
 
 
 def builtin_path() -> pathlib.Path:
-    return pathlib.Path(str(resources.files("mlcpatch.training") / "data" / BUILTIN_NAME))
+    return training_data_dir() / BUILTIN_NAME
 
 
 def load_jsonl(path: pathlib.Path | str) -> list[Example]:

@@ -1,7 +1,7 @@
 """The 4-bit group-quantized weight format (q4f16_1 / q4f32_1): numpy quantize, pack, dequantize.
 
 This is the contract between the converter (which writes it) and the compiled kernels (which
-read it, recipes/group_quant.py). A 2-D weight ``W[n, k]`` (``k`` = the input / reduction axis
+read it, group_quant.py). A 2-D weight ``W[n, k]`` (``k`` = the input / reduction axis
 of a linear layer, the hidden axis of an embedding) is stored as
 
 - ``q_scale[n, g]``, ``g = ceil(k / 32)``, in the scale dtype (float16 or float32): one scale per

@@ -1,10 +1,11 @@
 """WebGPU build and in-browser run, measured against the CPU build of the same model.
 
-``python -m mlcpatch.recipes.webgpu_bench --arch qwen2 --model tiny-random`` builds the model
-for llvm and webgpu (timing compile and link), then runs both: the CPU build with the Python
-runtime, the WebGPU build in headless Chromium (SwiftShader without a GPU). ``--artifact DIR``
-skips the build and measures an existing folder that holds both libraries. Prints a table of
-absolute numbers and WebGPU/CPU ratios.
+``python tests/webgpu_bench.py --arch qwen2 --model tiny-random`` (``make bench-webgpu``) builds
+the model for llvm and webgpu (timing compile and link), then runs both: the CPU build with the
+Python runtime, the WebGPU build in headless Chromium (SwiftShader without a GPU). ``--artifact
+DIR`` skips the build and measures an existing folder that holds both libraries. Prints a table of
+absolute numbers and WebGPU/CPU ratios. It lives with the tests, not in the package, because it
+drives Chromium through their Playwright helper (browser_support.py), a development dependency.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ PROMPT = "Hello there! Please tell me a short story about the sea."
 
 
 def _build(arch: str, model: str, out: pathlib.Path) -> dict[str, float]:
-    from mlcpatch.recipes import webgpu
-    from mlcpatch.recipes.build import BuildOptions, build
+    from mlcpatch.build.pipeline import BuildOptions, build
+    from mlcpatch.build.webgpu import target as webgpu
 
     webgpu.LINK_SECONDS.clear()
     result = build(
@@ -98,7 +99,8 @@ BROWSER_JS = """async ([url, prompt, tokens]) => {
 
 
 def _browser(folder: pathlib.Path, tokens: int) -> dict[str, Any]:
-    from mlcpatch.browser import chromium
+    from browser_support import chromium
+
     from mlcpatch.serve import WEB_DIR, running_server
 
     with running_server(WEB_DIR, folder) as server, chromium(webgpu=True) as session:
@@ -139,7 +141,7 @@ def report(folder: pathlib.Path, build: dict[str, float] | None, tokens: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlcpatch.recipes.webgpu_bench")
+    parser = argparse.ArgumentParser(prog="python tests/webgpu_bench.py")
     parser.add_argument("--artifact", type=pathlib.Path, help="existing folder (llvm+webgpu)")
     parser.add_argument("--arch", default="qwen2")
     parser.add_argument("--model", default="tiny-random")

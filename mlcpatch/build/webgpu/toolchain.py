@@ -9,7 +9,7 @@ path), about 2.5 minutes on 2 cores, and rebuilt only when TVM, emscripten or ou
 change. It lives apart from the build-step cache ($MLCPATCH_CACHE_DIR), which tests redirect
 to a fresh folder: the toolchain is installed once, like a system package.
 
-``python -m mlcpatch.recipes.toolchain`` builds it (``--check`` only reports).
+``python -m mlcpatch.build.webgpu.toolchain`` builds it (``--check`` only reports).
 """
 
 from __future__ import annotations
@@ -191,13 +191,13 @@ def find_toolchain() -> Toolchain:
     if missing or not (folder / STAMP).is_file():
         raise ToolchainError(
             f"TVM's web runtime is not built in {folder}: run `make toolchain` "
-            "(or `python -m mlcpatch.recipes.toolchain`)"
+            "(or `python -m mlcpatch.build.webgpu.toolchain`)"
         )
     toolchain = Toolchain(emcc, version, folder)
     if toolchain.identity != _key(version):
         raise ToolchainError(
             f"{folder} was built for another TVM, emscripten or header set: rebuild it with "
-            "`make toolchain` (or `python -m mlcpatch.recipes.toolchain`)"
+            "`make toolchain` (or `python -m mlcpatch.build.webgpu.toolchain`)"
         )
     return toolchain
 
@@ -230,7 +230,7 @@ def ensure_toolchain(log: Callable[[str], None] = print) -> Toolchain:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mlcpatch.recipes.toolchain",
+        prog="python -m mlcpatch.build.webgpu.toolchain",
         description="Build (once) the emscripten toolchain and TVM web runtime for WebGPU builds.",
     )
     parser.add_argument("--check", action="store_true", help="only report; build nothing")

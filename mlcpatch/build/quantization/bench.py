@@ -9,7 +9,7 @@
   identically before the first difference).
 
 Builds go one at a time through the normal step cache, so a second run only measures.
-Run: ``python -m mlcpatch.recipes.quant_bench [--smollm2] [--json FILE]``.
+Run: ``python -m mlcpatch.build.quantization.bench [--smollm2] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.recipes.build import BuildOptions, build
+from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.runtime import Runtime
 
 QUANTS = ("q0f32", "q0f16", "q4f32_1", "q4f16_1")

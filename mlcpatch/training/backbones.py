@@ -63,7 +63,7 @@ def load_backbone(key: str, dtype: torch.dtype | None = None, seed: int = 0) -> 
 
     name = key
     if key.startswith("pypi:"):  # a small real model shipped in a PyPI package (a GGUF file)
-        from mlcpatch.recipes.source import SourceError, resolve_source
+        from mlcpatch.build.source import SourceError, resolve_source
 
         try:
             key = str(resolve_source(key, "").folder)

@@ -16,7 +16,7 @@ import pathlib
 import shutil
 import tempfile
 
-from mlcpatch.recipes.staging import staging_prefix, sweep_stale
+from mlcpatch.build.staging import staging_prefix, sweep_stale
 
 _MARKER = ".complete"
 

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mlcpatch.models.registry import ArchInfo, get_arch
-from mlcpatch.recipes.artifact import (
+from mlcpatch.build.artifact import (
     CHAT_CONFIG,
     OutputExistsError,
     chat_config,
@@ -23,18 +23,18 @@ from mlcpatch.recipes.artifact import (
     tool_versions,
     write_manifest,
 )
-from mlcpatch.recipes.compile import COMPILE_STEPS, compile_library, export_model
-from mlcpatch.recipes.convert import ParamPlan, exported_names, plan_params, write_params
-from mlcpatch.recipes.hashing import sha256_file, sha256_json
-from mlcpatch.recipes.hf_weights import HFWeights
-from mlcpatch.recipes.model_module import import_model_file, instantiate
-from mlcpatch.recipes.patch_step import patch_builtin
-from mlcpatch.recipes.q4_format import QuantizedWeight, QuantizeError
-from mlcpatch.recipes.quantization import Quantization, get_quantization
-from mlcpatch.recipes.source import ResolvedSource, resolve_source
-from mlcpatch.recipes.step_cache import StepCache
-from mlcpatch.recipes.targets import TargetSpec, parse_targets
-from mlcpatch.recipes.webgpu import build_identity
+from mlcpatch.build.compile import COMPILE_STEPS, compile_library, export_model
+from mlcpatch.build.convert import ParamPlan, exported_names, plan_params, write_params
+from mlcpatch.build.hashing import sha256_file, sha256_json
+from mlcpatch.build.hf_weights import HFWeights
+from mlcpatch.build.model_module import import_model_file, instantiate
+from mlcpatch.build.patch_step import patch_builtin
+from mlcpatch.build.quantization.q4_format import QuantizedWeight, QuantizeError
+from mlcpatch.build.quantization.modes import Quantization, get_quantization
+from mlcpatch.build.source import ResolvedSource, resolve_source
+from mlcpatch.build.step_cache import StepCache
+from mlcpatch.build.targets import TargetSpec, parse_targets
+from mlcpatch.build.webgpu.target import build_identity
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
 CONVERT_VERSION = 2
@@ -132,7 +132,7 @@ def _convert(
 def quant_code_sha256() -> dict[str, str]:
     """sha256 of the files that decide 4-bit shards and kernels: a cache key that cannot go
     stale the way a hand-bumped version number can."""
-    here = pathlib.Path(__file__).resolve().parent
+    here = pathlib.Path(__file__).resolve().parent / "quantization"
     return {name: sha256_file(here / name) for name in ("q4_format.py", "group_quant.py")}
 
 
@@ -141,7 +141,7 @@ def _quantize(model: Any, quant: Quantization) -> dict[str, QuantizedWeight]:
     weights became which parameters. Nothing to do for q0 builds."""
     if not quant.quantized:
         return {}
-    from mlcpatch.recipes.group_quant import quantize_model  # imports tvm
+    from mlcpatch.build.quantization.group_quant import quantize_model  # imports tvm
 
     try:
         return quantize_model(model, quant.scale_dtype)

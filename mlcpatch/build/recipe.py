@@ -1,4 +1,5 @@
-"""Per-architecture build defaults read from ``recipes/<arch>.toml``."""
+"""Per-architecture defaults read from ``recipes/<arch>.toml``: the one source of them, for the
+build's options and for the registry's ``ArchInfo.default_conv_template`` alike."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pathlib
 import tomllib
 from typing import Any
 
-RECIPES_DIR = pathlib.Path(__file__).resolve().parent
+from mlcpatch.resources import recipes_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,13 @@ class Recipe:
     conv_template: str | None = None
 
 
+def recipe_path(arch: str) -> pathlib.Path:
+    return recipes_dir() / f"{arch}.toml"
+
+
 def load_recipe(arch: str) -> Recipe | None:
     """The recipe for ``arch``, or None when the arch has none (all options then explicit)."""
-    path = RECIPES_DIR / f"{arch}.toml"
+    path = recipe_path(arch)
     if not path.is_file():
         return None
     data: dict[str, Any] = tomllib.loads(path.read_text())

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from mlcpatch.models.registry import ArchInfo
-from mlcpatch.recipes import q4_format
-from mlcpatch.recipes.hf_weights import HFWeights
-from mlcpatch.recipes.q4_format import QuantizedWeight
-from mlcpatch.recipes.shards import TensorCacheWriter
+from mlcpatch.build.quantization import q4_format
+from mlcpatch.build.hf_weights import HFWeights
+from mlcpatch.build.quantization.q4_format import QuantizedWeight
+from mlcpatch.build.shards import TensorCacheWriter
 
 
 class WeightMismatchError(ValueError):

@@ -1,6 +1,6 @@
 """The WebGPU compile target: a Relax executable linked into one ``.wasm`` with emscripten.
 
-The device kernels become WGSL (with our accurate f32 math, see webgpu_math.py), the host code
+The device kernels become WGSL (with our accurate f32 math, see accurate_math.py), the host code
 wasm32 objects; emscripten links those with TVM's web runtime bitcode (toolchain.py). The result
 is loaded by ``@mlc-ai/web-runtime`` in the browser (web/src/engine.js).
 """
@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mlcpatch.recipes.toolchain import Toolchain, ensure_toolchain
-from mlcpatch.recipes.webgpu_math import MATH_VERSION, register_accurate_math
+from mlcpatch.build.webgpu.toolchain import Toolchain, ensure_toolchain
+from mlcpatch.build.webgpu.accurate_math import MATH_VERSION, register_accurate_math
 
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"

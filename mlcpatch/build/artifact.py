@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from mlcpatch.recipes.hashing import sha256_file
-from mlcpatch.recipes.staging import staging_prefix, sweep_stale
+from mlcpatch.build.hashing import sha256_file
+from mlcpatch.build.staging import staging_prefix, sweep_stale
 
 CHAT_CONFIG = "mlc-chat-config.json"
 MANIFEST = "manifest.json"

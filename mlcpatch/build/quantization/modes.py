@@ -3,7 +3,7 @@
 ``q0`` = no quantization (weights in the model dtype). ``q4f16_1`` / ``q4f32_1`` = 4-bit group
 quantization of every Linear and Embedding weight (groups of 32 inputs, one float16 / float32
 scale each; MLC-LLM's names), dequantized inside the compiled kernels: see
-recipes/q4_format.py for the stored format and recipes/group_quant.py for the kernels.
+q4_format.py for the stored format and group_quant.py for the kernels.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from mlcpatch.recipes.targets import TargetSpec
+from mlcpatch.build.targets import TargetSpec
 
 COMPILE_STEPS = 3  # export, build, write: what on_step is called for
 

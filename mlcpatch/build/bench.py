@@ -7,7 +7,7 @@
 - decode speed of the patched library vs a library compiled from the unpatched definition
   (goal: 1.00x within noise: the patch adds functions, it does not touch decode).
 
-Run: `python -m mlcpatch.recipes.bench [--smollm2] [--json FILE]`.
+Run: `python -m mlcpatch.build.bench [--smollm2] [--json FILE]`.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def call_times(runtime: Runtime) -> dict[str, float]:
 def unpatched_copy(folder: Path, work: Path) -> Path:
     """The artifact with its library recompiled from the pristine (unpatched) definition."""
     from mlcpatch.models.registry import builtin_model_file, get_arch
-    from mlcpatch.recipes.compile import compile_library
-    from mlcpatch.recipes.model_module import import_model_file, instantiate
-    from mlcpatch.recipes.targets import parse_targets
+    from mlcpatch.build.compile import compile_library
+    from mlcpatch.build.model_module import import_model_file, instantiate
+    from mlcpatch.build.targets import parse_targets
 
     config = json.loads((folder / "mlc-chat-config.json").read_text())
     arch = get_arch(config["arch"] if "arch" in config else config["model_type"])

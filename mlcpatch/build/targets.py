@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from mlcpatch.recipes import webgpu as _webgpu
+from mlcpatch.build.webgpu import target as _webgpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _llvm_target() -> Any:
 def _llvm_prepare(mod: Any) -> Any:
     from tvm import relax
 
-    from mlcpatch.recipes.group_quant import inline_dequantize
+    from mlcpatch.build.quantization.group_quant import inline_dequantize
 
     # nn.Linear exports permute_dims(W) + matmul; unfused, the VM transposes every weight on
     # every call and the matmul walks W with a stride (measured 20x slower on SmolLM2). Fused,

@@ -18,9 +18,9 @@ import tempfile
 import zipfile
 from typing import Any
 
-from mlcpatch.recipes.hashing import sha256_file
-from mlcpatch.recipes.step_cache import cache_root
-from mlcpatch.recipes.tiny import TINY_SOURCE, TINY_VERSION, write_tiny_model
+from mlcpatch.build.hashing import sha256_file
+from mlcpatch.build.step_cache import cache_root
+from mlcpatch.build.tiny import TINY_SOURCE, TINY_VERSION, write_tiny_model
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = [

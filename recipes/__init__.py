@@ -1,1 +1,0 @@
-"""Build recipes: HF weights -> shards + compiled library."""
