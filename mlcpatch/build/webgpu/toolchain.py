@@ -77,7 +77,8 @@ def find_emcc() -> tuple[str, str]:
     if emcc is None:
         raise ToolchainError(
             f"emcc (emscripten) not found: WebGPU builds need it. Install it with `{INSTALL_HINT}` "
-            "(Debian/Ubuntu), then run `make toolchain`."
+            "(Debian/Ubuntu), then run `make toolchain` "
+            "(or `python -m mlcpatch.build.webgpu.toolchain`)."
         )
     try:
         proc = subprocess.run([emcc, "--version"], capture_output=True, text=True, timeout=120)
