@@ -10,7 +10,7 @@ TARGET ?= llvm
 OUT ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup system toolchain test test-slow lint format build demo train-demo eval-demo serve bench bench-webgpu web-assets clean
+.PHONY: setup system toolchain test test-fast test-slow lint format build demo train-demo eval-demo serve bench bench-webgpu web-assets clean
 
 setup: system $(STAMP) toolchain
 
@@ -31,6 +31,11 @@ toolchain: system $(STAMP)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need no TVM build and no browser (marks in pyproject.toml; about 3 minutes on
+# 2 cores), for quick checks while working. `make test` stays the suite CI runs.
+test-fast: system $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not heavy and not browser" $(PYTEST_ARGS)
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -51,6 +51,15 @@ TINY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 PERTURBED_NORMS = {"qwen3-tied", "gemma3-softcap-linear", "mistral-untied"}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark heavy every test on an artifact built by the `built` fixture (directly or through
+    another fixture), so a new test on a TVM build cannot slip into `make test-fast`. Tests that
+    build, compile or export with TVM themselves carry the mark explicitly."""
+    for item in items:
+        if "built" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def build_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """A session-private build cache, so tests never read or fill ~/.cache/mlcpatch."""

@@ -28,6 +28,8 @@ from test_browser_engine import TOL, TOL_LOGITS
 from mlcpatch.runtime import ArtifactError, Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
+pytestmark = pytest.mark.browser
+
 MODELS = {32: "tiny-qwen2-hd32", 64: "tiny-qwen2-hd64"}
 LIMITED = "tiny-qwen2-hd32-limited"
 LIMITS = {"context_window_size": 128, "prefill_chunk_size": 16}

@@ -22,6 +22,8 @@ from browser_support import BrowserSession, chromium, engine_call, load_engine
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
+pytestmark = pytest.mark.browser
+
 ARCHS = ("qwen2", "llama")
 # arch -> artifact folder name (tests/playground_support.py: Qwen2 hidden 64 GQA 2:1, Llama
 # hidden 48 with 3 heads).

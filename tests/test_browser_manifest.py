@@ -23,6 +23,8 @@ from browser_support import BrowserSession, chromium
 from mlcpatch.runtime import ArtifactError, Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
+pytestmark = pytest.mark.browser
+
 MODEL = "tiny-qwen2"
 
 # Load the artifact at arg.url; on success generate a few greedy tokens and free the engine.

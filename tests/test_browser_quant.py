@@ -23,6 +23,8 @@ from test_browser_engine import FORWARD_JS, TOL, TOL_LOGITS, _cpu_forward
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, Server, running_server
 
+pytestmark = pytest.mark.browser
+
 NAME = "tiny-llama48-q4f32_1"
 URL = f"/artifacts/{NAME}/"
 PROMPT = "Hello there! What is two plus two?"

@@ -17,7 +17,7 @@ from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.runtime import Runtime
 from mlcpatch.serve import WEB_DIR, running_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.heavy]
 
 PROMPT = "What is the capital of France?"
 TOKENS = 8

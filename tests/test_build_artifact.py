@@ -13,6 +13,8 @@ from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.build.shards import SHARD_CAP_BYTES
 from mlcpatch.models.registry import builtin_model_file
 
+pytestmark = pytest.mark.heavy
+
 HIDDEN_FUNCTIONS = ("get_last_hidden", "decode_last_hidden")
 
 

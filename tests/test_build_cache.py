@@ -63,6 +63,7 @@ def test_an_entry_from_before_the_file_list_is_a_miss(tmp_path: pathlib.Path) ->
     assert cache.restore("k" * 64, tmp_path / "dest") is None
 
 
+@pytest.mark.heavy
 def test_a_rebuild_after_cache_damage_rebuilds_the_step(
     tiny_hf: Callable[[str], pathlib.Path], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,7 @@ def test_unknown_arch_cli(tmp_path: pathlib.Path) -> None:
     _assert_nothing_written(tmp_path, out)
 
 
+@pytest.mark.heavy
 def test_config_shapes_disagree_with_weights(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
     model = _copy_model(tiny_hf, tmp_path / "model")
     _edit_config(model, intermediate_size=96)
@@ -60,6 +61,7 @@ def test_config_shapes_disagree_with_weights(tiny_hf: Callable, tmp_path: pathli
     _assert_nothing_written(tmp_path, out)
 
 
+@pytest.mark.heavy
 def test_config_with_fewer_layers_than_weights(tiny_hf: Callable, tmp_path: pathlib.Path) -> None:
     model = _copy_model(tiny_hf, tmp_path / "model")
     _edit_config(model, num_hidden_layers=1)
@@ -217,6 +219,7 @@ def test_sliding_window_beyond_the_window_is_cpu_only(
     _assert_nothing_written(tmp_path, out)
 
 
+@pytest.mark.heavy
 def test_head_dim_webgpu_kernels_cannot_tile_is_refused_before_converting(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,6 +258,7 @@ def test_head_dim_webgpu_kernels_cannot_tile_is_refused_before_converting(
     assert (cpu / "manifest.json").is_file()
 
 
+@pytest.mark.heavy
 def test_tvm_compile_failure_names_target_and_attention_shape(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

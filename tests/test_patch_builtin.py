@@ -11,6 +11,8 @@ from mlcpatch.models.registry import BUILTIN_ARCHS, builtin_model_file
 from mlcpatch.patcher import NOT_PATCHED, PatchError, check_file, patch_file
 from mlcpatch.patcher.verify import builtin_verifier
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.mark.parametrize("arch", sorted(BUILTIN_ARCHS))
 def test_builtin_definitions_ship_unpatched(arch: str) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from playground_support import broken_copy, build_models, python_run, write_links
 
+pytestmark = pytest.mark.browser
+
 # Latent steps are few on purpose: with closed-form links on random tiny models the latent loop
 # is chaotic. Measured in Python: a 1e-7 relative nudge to each latent thought grows about 10x
 # every 3 thoughts (to 7e-2 after 20), so WebGPU's ~1e-6 differences from the CPU flip greedy

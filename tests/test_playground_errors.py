@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.browser
+
 
 def test_no_webgpu(tmp_path) -> None:
     from browser_support import BrowserUnavailable, chromium, find_chromium

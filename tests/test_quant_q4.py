@@ -277,6 +277,7 @@ def _tiny_model(arch: str, dtype: str = "float32") -> Any:
     return instantiate(info, module, info.tiny_config(), dtype)[1]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("quant", ["q4f32_1", "q4f16_1"])
 def test_transform_quantizes_linears_and_embedding_only(quant: str) -> None:
     from tvm.target import Target
@@ -454,6 +455,7 @@ def test_shards_hold_only_packed_matrices(
     assert ratio < bits / 32 * 1.05, ratio
 
 
+@pytest.mark.heavy
 def test_cli_builds_q4f32_1(tiny_hf: Callable[[str], pathlib.Path], tmp_path: pathlib.Path) -> None:
     from mlcpatch.cli import main
 

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from mlcpatch.cli import main
 from mlcpatch.runtime import ArtifactError, Runtime, sample
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 def artifact(built: Callable[..., pathlib.Path]) -> pathlib.Path:

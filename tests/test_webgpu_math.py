@@ -108,6 +108,7 @@ def _ulps(got: np.ndarray, truth: np.ndarray) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - truth) / ulp))
 
 
+@pytest.mark.heavy
 def test_generated_wgsl_avoids_inaccurate_builtins() -> None:
     from tvm import te
 
@@ -118,6 +119,7 @@ def test_generated_wgsl_avoids_inaccurate_builtins() -> None:
     assert "inf" not in body  # WGSL rejects infinite constants
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("name", ["sin", "cos", "sin_large", "exp", "exp2", "sigmoid", "pow"])
 def test_intrinsic_accuracy_in_browser(page: Any, name: str) -> None:
     if not CASES:

@@ -183,13 +183,22 @@ def test_installed_serve_serves_the_repos_page(venv: pathlib.Path, tmp_path: pat
 
 
 @pytest.mark.heavy
-def test_installed_build_runs_and_names_what_webgpu_needs(
+def test_installed_patch_and_build_run_and_name_what_webgpu_needs(
     venv: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    """A CPU build from the wheel alone; a WebGPU build without emscripten says, in one line,
-    what to install and run."""
+    """The patcher and a CPU build from the wheel alone; a WebGPU build without emscripten
+    says, in one line, what to install and run."""
     mlcpatch = str(venv / "bin" / "mlcpatch")
     env = {**_env(), "MLCPATCH_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [mlcpatch, "patch", "qwen2", "--source", "builtin", "--diff"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "+    def get_last_hidden(" in done.stdout
     start = time.perf_counter()
     done = subprocess.run(
         [mlcpatch, "build", "--arch", "qwen2", "--model", "tiny-random", "--target", "llvm"]
