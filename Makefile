@@ -32,7 +32,7 @@ toolchain: system $(STAMP)
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The tests that need no TVM build and no browser (marks in pyproject.toml; about 3 minutes on
+# The tests that need no TVM build and no browser (marks in pyproject.toml; under 3 minutes on
 # 2 cores), for quick checks while working. `make test` stays the suite CI runs.
 test-fast: system $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not heavy and not browser" $(PYTEST_ARGS)

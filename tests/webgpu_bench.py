@@ -2,10 +2,11 @@
 
 ``python tests/webgpu_bench.py --arch qwen2 --model tiny-random`` (``make bench-webgpu``) builds
 the model for llvm and webgpu (timing compile and link), then runs both: the CPU build with the
-Python runtime, the WebGPU build in headless Chromium (SwiftShader without a GPU). ``--artifact
-DIR`` skips the build and measures an existing folder that holds both libraries. Prints a table of
-absolute numbers and WebGPU/CPU ratios. It lives with the tests, not in the package, because it
-drives Chromium through their Playwright helper (browser_support.py), a development dependency.
+Python runtime, the WebGPU build in headless Chromium (SwiftShader without a GPU).
+``--artifact DIR`` skips the build and measures an existing folder that holds both libraries.
+Prints a table of absolute numbers and WebGPU/CPU ratios. It lives with the tests, not in the
+package, because it drives Chromium through their Playwright helper (browser_support.py), a
+development dependency.
 """
 
 from __future__ import annotations
