@@ -19,7 +19,7 @@ system:
 	.ci/install-system.sh
 
 # torch is pinned to 2.13.0 (the CPU wheel); an unpinned torch pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
