@@ -98,10 +98,10 @@ def call_times(runtime: Runtime) -> dict[str, float]:
 
 def unpatched_copy(folder: Path, work: Path) -> Path:
     """The artifact with its library recompiled from the pristine (unpatched) definition."""
-    from mlcpatch.models.registry import builtin_model_file, get_arch
     from mlcpatch.build.compile import compile_library
     from mlcpatch.build.model_module import import_model_file, instantiate
     from mlcpatch.build.targets import parse_targets
+    from mlcpatch.models.registry import builtin_model_file, get_arch
 
     config = json.loads((folder / "mlc-chat-config.json").read_text())
     arch = get_arch(config["arch"] if "arch" in config else config["model_type"])

@@ -116,9 +116,9 @@ def build_command(
     and the patch is reverted afterwards, also on failure, unless --keep-patch:
       mlcpatch build --backend mlc --arch qwen2 --model DIR --quant q4f16_1 --target webgpu
     """
-    from mlcpatch.models.registry import get_arch
     from mlcpatch.build.pipeline import BuildOptions, build
     from mlcpatch.build.recipe import load_recipe
+    from mlcpatch.models.registry import get_arch
 
     if keep_patch and backend != "mlc":
         raise click.UsageError("--keep-patch only applies to --backend mlc")

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from mlcpatch.models.registry import ArchInfo
-from mlcpatch.build.quantization import q4_format
 from mlcpatch.build.hf_weights import HFWeights
+from mlcpatch.build.quantization import q4_format
 from mlcpatch.build.quantization.q4_format import QuantizedWeight
 from mlcpatch.build.shards import TensorCacheWriter
+from mlcpatch.models.registry import ArchInfo
 
 
 class WeightMismatchError(ValueError):

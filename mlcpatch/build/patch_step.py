@@ -9,9 +9,9 @@ from typing import Any
 
 import mlcpatch
 import mlcpatch.patcher as patcher
+from mlcpatch.build.hashing import sha256_file
 from mlcpatch.models.registry import ArchInfo, builtin_model_file
 from mlcpatch.patcher import PatchError, patch_file
-from mlcpatch.build.hashing import sha256_file
 
 HIDDEN_FUNCTIONS = ("get_last_hidden", "decode_last_hidden")
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mlcpatch.models.registry import ArchInfo, get_arch
 from mlcpatch.build.artifact import (
     CHAT_CONFIG,
     OutputExistsError,
@@ -29,12 +28,13 @@ from mlcpatch.build.hashing import sha256_file, sha256_json
 from mlcpatch.build.hf_weights import HFWeights
 from mlcpatch.build.model_module import import_model_file, instantiate
 from mlcpatch.build.patch_step import patch_builtin
-from mlcpatch.build.quantization.q4_format import QuantizedWeight, QuantizeError
 from mlcpatch.build.quantization.modes import Quantization, get_quantization
+from mlcpatch.build.quantization.q4_format import QuantizedWeight, QuantizeError
 from mlcpatch.build.source import ResolvedSource, resolve_source
 from mlcpatch.build.step_cache import StepCache
 from mlcpatch.build.targets import TargetSpec, parse_targets
 from mlcpatch.build.webgpu.target import build_identity
+from mlcpatch.models.registry import ArchInfo, get_arch
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
 CONVERT_VERSION = 2

@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mlcpatch.build.webgpu.toolchain import Toolchain, ensure_toolchain
 from mlcpatch.build.webgpu.accurate_math import MATH_VERSION, register_accurate_math
+from mlcpatch.build.webgpu.toolchain import Toolchain, ensure_toolchain
 
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"

@@ -1,0 +1,2 @@
+"""``mlcpatch build --backend mlc``: the artifact folder built by an installed MLC-LLM
+(``pipeline.build_mlc``)."""
