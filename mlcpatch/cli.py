@@ -5,9 +5,14 @@ from __future__ import annotations
 import click
 
 from mlcpatch import __version__
+from mlcpatch.errors import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Group: every command's MlcpatchError ends as one line and exit status 2 (mlcpatch/errors.py).
+@click.group(
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="mlcpatch")
 def main() -> None:
     """RecursiveMAS for WebGPU: patch, build and run models whose last hidden states are exposed.

@@ -15,23 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.manifest import (
+from mlcpatch.artifact import (
+    CHAT_CONFIG,
     MANIFEST,
-    ManifestError,
-    entry_problem,
+    TENSOR_CACHE,
+    ArtifactError,
     inside,
     read_manifest,
     require_listed,
+    verify_artifact,
 )
 
-CHAT_CONFIG = "mlc-chat-config.json"
-TENSOR_CACHE = "tensor-cache.json"
 PAGE_SIZE = 16
 _SEQ_ID = 0
-
-
-class ArtifactError(RuntimeError):
-    """The artifact folder is incomplete, corrupted, or used beyond its limits."""
 
 
 @dataclasses.dataclass
@@ -51,26 +47,13 @@ def _read_json(path: pathlib.Path) -> Any:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
 
 
-def verify_artifact(folder: pathlib.Path, manifest: dict[str, Any]) -> None:
-    """Check every file the manifest lists against its size and sha256."""
-    for rel, info in manifest["files"].items():
-        problem = entry_problem(folder, rel, info)
-        if problem:
-            raise ArtifactError(
-                f"{folder}: {problem} (manifest.json); the artifact is corrupted: rebuild it"
-            )
-
-
 def _shards(folder: pathlib.Path, cache: Any) -> list[dict[str, Any]]:
     """tensor-cache.json's shard records, each with a `dataPath` inside the folder."""
     records = cache.get("records") if isinstance(cache, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ArtifactError(f"{folder}/tensor-cache.json: no list of shard records")
     for shard in records:
-        try:
-            inside(folder, shard.get("dataPath"), "weight shard")
-        except ManifestError as err:
-            raise ArtifactError(str(err)) from None
+        inside(folder, shard.get("dataPath"), "weight shard")
     return records
 
 
@@ -131,27 +114,21 @@ class Runtime:
         self.folder = pathlib.Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError(f"{self.folder}: no such artifact folder")
-        try:
-            self.manifest = read_manifest(self.folder)
-        except ManifestError as err:
-            raise ArtifactError(str(err)) from None
+        self.manifest = read_manifest(self.folder)
         self.config = _read_json(self.folder / CHAT_CONFIG)
         lib_name = (self.config.get("model_lib") or {}).get("llvm")
         if lib_name is None:
             raise ArtifactError(f"{self.folder}: no CPU (llvm) library in this artifact")
         shards = _shards(self.folder, _read_json(self.folder / TENSOR_CACHE))
-        try:
-            # Everything opened below is named by the folder's own files: keep each inside it,
-            # and listed, so the hashes cover all of it (the library is native code).
-            lib_path = inside(self.folder, lib_name, "library")
-            needed = [CHAT_CONFIG, TENSOR_CACHE, lib_name, *(s["dataPath"] for s in shards)]
-            require_listed(self.folder, self.manifest, needed)
-        except ManifestError as err:
-            raise ArtifactError(str(err)) from None
+        # Everything opened below is named by the folder's own files: keep each inside it,
+        # and listed, so the hashes cover all of it (the library is native code).
+        lib_path = inside(self.folder, lib_name, "library")
+        needed = [CHAT_CONFIG, TENSOR_CACHE, lib_name, *(s["dataPath"] for s in shards)]
+        require_listed(self.folder, self.manifest, needed)
         if verify:
             verify_artifact(self.folder, self.manifest)
-        param_names = self.manifest.get("param_names")
-        if not isinstance(param_names, list) or not param_names:
+        param_names = self.manifest.param_names
+        if not param_names:
             raise ArtifactError(f"{self.folder}/{MANIFEST}: no param_names list")
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)

@@ -34,12 +34,13 @@ from typing import Any, BinaryIO
 
 import click
 
+from mlcpatch.artifact import CHAT_CONFIG, ArtifactError, is_artifact_folder, read_manifest
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.resources import web_dir
 
 WEB_DIR = web_dir()
 ARTIFACTS_PREFIX = "/artifacts/"
 INDEX_PATH = "/artifacts/index.json"
-CHAT_CONFIG = "mlc-chat-config.json"
 _CHUNK = 1 << 20
 REQUEST_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent (also bounds each send)
 MAX_CONNECTIONS = 256  # connections served at once; more are answered 503 and closed
@@ -78,7 +79,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class PathRefused(Exception):
-    """A request path that must not reach the file system."""
+    """A request path that must not reach the file system. Not a user error: the request
+    handler answers it with 404 and it never leaves the server."""
 
 
 def safe_relative_path(url_path: str) -> list[str]:
@@ -136,20 +138,15 @@ def host_name(header: str) -> str | None:
 
 
 def find_artifacts(folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Artifact folders (those holding mlc-chat-config.json) in ``folder``, by URL name.
+    """Artifact folders (``mlcpatch.artifact.is_artifact_folder``) in ``folder``, by URL name.
 
     ``folder`` may itself be one artifact folder.
     """
     if not folder.is_dir():
         return {}
-    if (folder / CHAT_CONFIG).is_file():
+    if is_artifact_folder(folder.resolve()):
         return {folder.resolve().name: folder}
-    found = {}
-    for child in sorted(folder.iterdir()):
-        if child.name.startswith(".") or not (child / CHAT_CONFIG).is_file():
-            continue  # hidden: a build's staging folder
-        found[child.name] = child
-    return found
+    return {child.name: child for child in sorted(folder.iterdir()) if is_artifact_folder(child)}
 
 
 def describe_artifact(name: str, folder: pathlib.Path) -> dict[str, Any]:
@@ -169,10 +166,12 @@ def describe_artifact(name: str, folder: pathlib.Path) -> dict[str, Any]:
         libraries=libraries,
         webgpu=libraries.get("webgpu"),
     )
-    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
-        manifest = json.loads((folder / "manifest.json").read_text())
-        entry["size_bytes"] = sum(int(f["size"]) for f in manifest.get("files", {}).values())
-        entry["source"] = (manifest.get("source") or {}).get("spec")
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError as exc:
+        return {**entry, "error": str(exc)}
+    entry["size_bytes"] = sum(f.size for f in manifest.files.values())
+    entry["source"] = manifest.source.get("spec")
     return entry
 
 
@@ -526,7 +525,7 @@ def serve_command(
     try:
         server = Server((host, port), web_root, artifacts, quiet=quiet, allowed_hosts=allow_hosts)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise MlcpatchError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     count = len(server.artifact_folders())
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines can reach this server", err=True)

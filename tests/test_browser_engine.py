@@ -207,7 +207,7 @@ def test_as_accurate_as_float32_reference(page: Any, cpu: dict[str, Runtime], ar
 
     rt = cpu[arch]
     ids = rt.encode_chat(PROMPT)
-    spec = rt.manifest["source"]["spec"]
+    spec = rt.manifest.source["spec"]
     folder = resolve_source(spec, arch).folder if spec == "tiny-random" else pathlib.Path(spec)
     outputs = {}
     for dtype in (torch.float64, torch.float32):

@@ -287,7 +287,7 @@ def test_convert_error_is_one_line(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"links": [{"name": "x", "kind": "inner"}]}))
     result = CliRunner().invoke(links_command, ["convert", str(bad), str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines == [f"Error: {bad}: link 'x' is missing field 'from'"]
 

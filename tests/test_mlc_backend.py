@@ -204,7 +204,7 @@ def test_failing_step_reverts_and_writes_nothing(
     original = fake_mlc.model_file.read_bytes()
     out = tmp_path / "art"
     done = _mlcpatch(_build_args(model_dir, out), fake_mlc, FAKE_MLC_FAIL=failing)
-    assert done.returncode == 1
+    assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, done.stderr
     error = errors[0]
@@ -227,7 +227,7 @@ def test_failing_step_with_keep_patch_keeps_it(
     out = tmp_path / "art"
     args = [*_build_args(model_dir, out), "--keep-patch"]
     done = _mlcpatch(args, fake_mlc, FAKE_MLC_FAIL="compile")
-    assert done.returncode == 1 and "mlc_llm compile failed" in done.stderr
+    assert done.returncode == 2 and "mlc_llm compile failed" in done.stderr
     assert check_file(fake_mlc.model_file).code == PATCHED
     assert not out.exists()
 
@@ -271,7 +271,7 @@ def test_python_m_mlc_llm_when_no_command_on_path(model_dir: Path, tmp_path: Pat
 def test_missing_mlc_llm_points_to_builtin_and_install(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "art"
     done = _mlcpatch(_build_args(model_dir, out), None)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "Traceback" not in done.stderr
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: MLC-LLM is not installed")
@@ -286,7 +286,7 @@ def test_unknown_mlc_arch_lists_mlc_models(
     args = _build_args(model_dir, tmp_path / "art")
     args[args.index("--arch=qwen2")] = "--arch=gemma9"
     done = _mlcpatch(args, fake_mlc)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert re.search(
         r"Error: MLC-LLM \(.*mlc_llm\) has no model 'gemma9'; its models: qwen2$",
         done.stderr.strip(),
@@ -297,7 +297,7 @@ def test_unknown_mlc_arch_lists_mlc_models(
 def test_webgpu_needs_emcc(fake_mlc: FakeMlc, model_dir: Path, tmp_path: Path) -> None:
     original = fake_mlc.model_file.read_bytes()
     done = _mlcpatch([*_build_args(model_dir, tmp_path / "art"), "--target", "webgpu"], fake_mlc)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "needs emscripten: no `emcc` on PATH" in done.stderr
     assert fake_mlc.calls() == []
     assert fake_mlc.model_file.read_bytes() == original
@@ -307,7 +307,7 @@ def test_target_without_an_mlc_device_is_refused(
     fake_mlc: FakeMlc, model_dir: Path, tmp_path: Path
 ) -> None:
     done = _mlcpatch([*_build_args(model_dir, tmp_path / "art"), "--target", "cuda"], fake_mlc)
-    assert done.returncode == 1 and "unknown target 'cuda'" in done.stderr
+    assert done.returncode == 2 and "unknown target 'cuda'" in done.stderr
     assert fake_mlc.calls() == [] and check_file(fake_mlc.model_file).code == NOT_PATCHED
 
 
@@ -324,7 +324,7 @@ def test_existing_output_is_refused_before_patching(
     out = tmp_path / "art"
     out.mkdir()
     done = _mlcpatch(_build_args(model_dir, out), fake_mlc)
-    assert done.returncode == 1 and "already exists; pass --overwrite" in done.stderr
+    assert done.returncode == 2 and "already exists; pass --overwrite" in done.stderr
     assert fake_mlc.calls() == [] and check_file(fake_mlc.model_file).code == NOT_PATCHED
     assert os.listdir(out) == []
 
@@ -380,7 +380,7 @@ def test_model_file_edited_during_the_build_is_not_reverted_blindly(
     """The patcher refuses to revert an edited file; the build says so and how to force it."""
     out = tmp_path / "art"
     done = _mlcpatch(_build_args(model_dir, out), fake_mlc, FAKE_MLC_EDIT_MODEL="gen_config")
-    assert done.returncode == 1
+    assert done.returncode == 2
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: the build finished but reverting the patch of "), error
     assert error.endswith(f"undo it with: mlcpatch patch {fake_mlc.model_file} --revert --force")

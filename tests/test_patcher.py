@@ -468,12 +468,15 @@ def test_lone_cr_line_endings_are_refused_cleanly(models: Path) -> None:
 
 
 def test_check_reports_a_crash_as_cannot_patch(models: Path, monkeypatch) -> None:
+    """A bug keeps its traceback, and --check still never exits 1 ("not patched") for it."""
+
     def crash(*args, **kwargs):
         raise IndexError("list index out of range")
 
     monkeypatch.setattr("mlcpatch.patcher.command.check_file", crash)
     code, _, err = run("patch", str(models / "qwen2_untied.py"), "--check")
-    assert code == CANNOT_PATCH and "internal error: IndexError" in err
+    assert code == CANNOT_PATCH and "Traceback (most recent call last)" in err
+    assert err.strip().endswith("IndexError: list index out of range")
 
 
 def test_bom_files_patch_and_keep_their_bom(models: Path) -> None:

@@ -8,9 +8,10 @@ import pathlib
 import pytest
 from fakes.artifacts import NAME, flip_byte, make_artifact, write_links, write_manifest
 
+from mlcpatch import artifact as contract
+from mlcpatch.artifact import sha256_file
 from mlcpatch.publish.artifact import validate_artifact
 from mlcpatch.publish.errors import ArtifactError
-from mlcpatch.publish.hashing import sha256_file
 from mlcpatch.publish.links import collect_links
 from mlcpatch.publish.model_card import render_model_card
 
@@ -73,12 +74,21 @@ def test_an_unknown_manifest_format_is_refused(artifact: pathlib.Path) -> None:
 def test_the_builds_own_manifest_writer_produces_what_publish_accepts(
     tmp_path: pathlib.Path,
 ) -> None:
-    from mlcpatch.build import artifact as recipes_artifact
-
     folder = make_artifact(tmp_path / NAME)
     (folder / "manifest.json").unlink()
-    recipes_artifact.write_manifest(folder, {"name": NAME, "options": {"quantization": "q0f32"}})
-    assert len(validate_artifact(folder).files) == 9
+    contract.write_manifest(
+        folder,
+        name=NAME,
+        tools={},
+        source={"spec": "/home/me/model", "kind": "local"},
+        patch={},
+        options={"quantization": "q0f32"},
+        libraries={},
+        param_names=["w"],
+    )
+    checked = validate_artifact(folder)
+    assert len(checked.files) == 9
+    assert checked.manifest.source["spec"] == "model"  # no local paths leave the machine
 
 
 def test_link_files_are_checked(tmp_path: pathlib.Path) -> None:

@@ -47,7 +47,7 @@ def test_a_corrupted_artifact_is_refused_before_any_request(
     hub, github = servers
     flip_byte(artifact / "params_shard_0.bin")
     result = publish(_both(artifact, hub, github))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     message = result.stderr.strip()
     assert message.startswith(f"Error: {artifact} does not match its manifest.json")
     assert "params_shard_0.bin: sha256" in message and len(message.splitlines()) == 1
@@ -61,7 +61,7 @@ def test_a_bad_link_file_is_refused_before_any_request(
     weights, _ = write_links(tmp_path / "links")
     weights.write_bytes(weights.read_bytes()[:20])
     result = publish(_both(artifact, hub, github, "--links", str(weights)))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "links.safetensors" in result.stderr
     assert hub.log == [] and github.log == []
 
@@ -86,7 +86,7 @@ def test_a_missing_token_is_a_clear_error_before_any_request(
 ) -> None:
     hub, github = servers
     result = publish(_both(artifact, hub, github), env={variable: None})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{variable} is not set" in result.stderr
     assert hub.log == [] and github.log == []
 
@@ -110,7 +110,7 @@ def test_tokens_never_reach_output_or_logs(
     ]
     hub.fail("POST", "/paths-info/", 500, times=100)
     runs.append(publish(_both(artifact, hub, github, "--retries", "1")))  # gives up
-    assert [r.exit_code for r in runs] == [0, 0, 0, 1]
+    assert [r.exit_code for r in runs] == [0, 0, 0, 2]
     # the check means something only if the libraries did log at DEBUG
     assert "huggingface_hub" in {r.name.split(".")[0] for r in caplog.records}
     assert any(r.levelno == logging.DEBUG for r in caplog.records)

@@ -148,7 +148,7 @@ def test_a_bad_token_gives_a_clear_error(
     github: FakeGitHub, artifact: pathlib.Path, links: list[pathlib.Path]
 ) -> None:
     result = publish(_args(artifact, links, github), env={"GITHUB_TOKEN": "ghp_wrong"})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "GitHub refused the token in GITHUB_TOKEN (HTTP 401 Bad credentials)" in result.stderr
     assert "ghp_wrong" not in result.output + result.stderr
     assert github.releases == {}
@@ -175,7 +175,7 @@ def test_an_artifact_without_wasm_or_links_has_nothing_for_a_release(
     (artifact / WASM).unlink()
     write_manifest(artifact)
     result = publish(_args(artifact, [], github))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no .wasm" in result.stderr
     assert github.log == []
 

@@ -118,7 +118,7 @@ def test_a_commit_whose_answer_was_lost_is_not_made_twice(
 
 def test_a_bad_token_gives_a_clear_error(hub: FakeHub, artifact: pathlib.Path) -> None:
     result = publish(_args(artifact, hub), env={"HF_TOKEN": "hf_wrong"})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Hugging Face refused the token in HF_TOKEN (HTTP 401)" in result.stderr
     assert "hf_wrong" not in result.output + result.stderr
     assert REPO not in hub.repos
@@ -132,7 +132,7 @@ def test_a_token_without_write_access_gives_a_clear_error(
     write_manifest(artifact)
     hub.read_only = True
     result = publish(_args(artifact, hub))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Hugging Face refused the token in HF_TOKEN (HTTP 403)" in result.stderr
     assert len(hub.repos[REPO].commits) == 2
 
@@ -140,7 +140,7 @@ def test_a_token_without_write_access_gives_a_clear_error(
 def test_retries_give_up_with_a_one_line_error(hub: FakeHub, artifact: pathlib.Path) -> None:
     hub.fail("POST", "/paths-info/", 500, times=100)
     result = publish(_args(artifact, hub, "--retries", "2"))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "retry 2 of 2" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: Hugging Face org/tiny: ")
     assert len(hub.requests_to("POST", "/paths-info/")) == 3

@@ -465,5 +465,5 @@ def test_cli_builds_q4f32_1(tiny_hf: Callable[[str], pathlib.Path], tmp_path: pa
     assert result.exit_code == 0, result.output
     rt = Runtime(out)
     assert rt.config["quantization"] == "q4f32_1"
-    assert rt.manifest["options"]["quantization"] == "q4f32_1"
+    assert rt.manifest.options["quantization"] == "q4f32_1"
     assert len(rt.generate(prompt_ids=[1, 2, 3], max_new_tokens=4, greedy=True).output_ids) >= 1

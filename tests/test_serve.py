@@ -18,6 +18,7 @@ import urllib.parse
 
 import pytest
 
+from mlcpatch.artifact import write_manifest
 from mlcpatch.serve import find_artifacts, parse_range, running_server, safe_relative_path
 
 
@@ -46,6 +47,18 @@ def tree(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
     (art / "params_shard_0.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     (art / "tensor-cache.json").write_text("{}")
     (art / "tokenizer.model").write_bytes(b"sp")
+    write_manifest(
+        art,
+        name="tiny",
+        tools={},
+        source={"spec": "tiny-random", "kind": "tiny"},
+        patch={},
+        options={},
+        libraries=config["model_lib"],
+        param_names=["w"],
+    )
+    (arts / "config-only").mkdir()  # no manifest: not an artifact folder
+    (arts / "config-only" / "mlc-chat-config.json").write_text(json.dumps(config))
     (arts / ".tiny.building-x").mkdir()  # a staging folder: never listed
     (arts / ".tiny.building-x" / "mlc-chat-config.json").write_text("{}")
     (arts / "not-an-artifact").mkdir()
@@ -111,6 +124,17 @@ def test_artifact_index_lists_only_artifact_folders(tree: dict[str, pathlib.Path
     assert listing[0]["url"] == "/artifacts/tiny/"
     assert listing[0]["webgpu"] == "tiny-webgpu.wasm"
     assert listing[0]["model_type"] == "qwen2"
+    assert listing[0]["source"] == "tiny-random" and "error" not in listing[0]
+    listed = [p for p in tree["art"].iterdir() if not p.is_symlink() and p.name != "manifest.json"]
+    assert listing[0]["size_bytes"] == sum(p.stat().st_size for p in listed)
+
+
+def test_a_broken_manifest_is_listed_with_its_error(tree: dict[str, pathlib.Path]) -> None:
+    (tree["art"] / "manifest.json").write_text('{"format": 7}')
+    with running_server(tree["web"], tree["artifacts"]) as server:
+        _, _, body = request(server.url, "/artifacts/index.json")
+    (entry,) = json.loads(body)["artifacts"]
+    assert "unknown manifest format 7" in entry["error"] and entry["webgpu"] == "tiny-webgpu.wasm"
 
 
 def test_single_artifact_folder_as_root(tree: dict[str, pathlib.Path]) -> None:

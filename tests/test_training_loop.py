@@ -13,8 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mlcpatch.cli import main
 from mlcpatch.training.checkpoint import checkpoint_path
-from mlcpatch.training.command import train_command
 from mlcpatch.training.config import build_config, tiny_overrides
 from mlcpatch.training.link_io import load_links
 from mlcpatch.training.module import LinkSet
@@ -138,18 +138,18 @@ def test_resume_continues_exactly(tmp_path: pathlib.Path) -> None:
 def test_resume_refuses_a_different_system(tmp_path: pathlib.Path) -> None:
     Trainer(tiny_config(tmp_path, inner_steps=1, steps=1, save_every=1), log=lambda _: None).run()
     result = CliRunner().invoke(
-        train_command, ["--tiny", "--out", str(tmp_path), "--resume", "--rounds", "3"]
+        main, ["train", "--tiny", "--out", str(tmp_path), "--resume", "--rounds", "3"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip() == "Error: --resume: 'rounds' was 2 in the checkpoint, now 3"
 
 
 def test_cli_trains_from_model_folders_and_writes_both_formats(tmp_path: pathlib.Path) -> None:
     folder = write_tiny_model("tiny:qwen2", tmp_path / "qwen")
     result = CliRunner().invoke(
-        train_command,
+        main,
         [
-            "--model", str(folder), "--model", "tiny:llama",
+            "train", "--model", str(folder), "--model", "tiny:llama",
             "--rounds", "1", "--latent-steps", "2", "--bottleneck", "32",
             "--inner-steps", "3", "--steps", "4", "--eval-every", "0",
             "--out", str(tmp_path / "out"), "--no-progress",
@@ -173,13 +173,13 @@ def test_cli_errors_are_one_line(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1"}\n{"question": "q2"}\n')
     runner = CliRunner()
-    result = runner.invoke(train_command, ["--tiny", "--data", str(bad), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    result = runner.invoke(main, ["train", "--tiny", "--data", str(bad), "--out", str(tmp_path)])
+    assert result.exit_code == 2
     assert result.output.strip() == f"Error: {bad}:2: missing field 'answer'"
-    result = runner.invoke(train_command, ["--tiny", "--resume", "--out", str(tmp_path / "x")])
+    result = runner.invoke(main, ["train", "--tiny", "--resume", "--out", str(tmp_path / "x")])
     assert result.output.strip().startswith("Error: --resume: no checkpoint at ")
-    result = runner.invoke(train_command, ["--model", str(tmp_path / "nowhere"), "--model", "m"])
-    assert result.exit_code == 1
+    result = runner.invoke(main, ["train", "--model", str(tmp_path / "nowhere"), "--model", "m"])
+    assert result.exit_code == 2
     assert result.output.startswith(f"Error: cannot load model '{tmp_path / 'nowhere'}'")
     assert len(result.output.strip().splitlines()) == 1
 

@@ -224,7 +224,7 @@ def test_installed_patch_and_build_run_and_name_what_webgpu_needs(
         env={**env, "PATH": str(no_emcc), "MLCPATCH_TOOLCHAIN_DIR": str(tmp_path / "tc")},
         cwd=tmp_path,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, done.stderr
     assert "emcc (emscripten) not found" in errors[0]

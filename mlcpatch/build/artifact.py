@@ -1,9 +1,9 @@
-"""The artifact folder: chat config, tokenizer files, manifest, and its atomic placement."""
+"""Writing the artifact folder: chat config, tokenizer files, and its atomic placement (its
+contract and manifest: ``mlcpatch.artifact``)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import platform
@@ -13,12 +13,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from mlcpatch.build.hashing import sha256_file
+from mlcpatch.build.errors import BuildError
+from mlcpatch.build.source import SourceError
 from mlcpatch.build.staging import staging_prefix, sweep_stale
+from mlcpatch.errors import MlcpatchError
 
-CHAT_CONFIG = "mlc-chat-config.json"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -32,7 +31,7 @@ TOKENIZER_FILES = (
 )
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(MlcpatchError, FileExistsError):
     def __str__(self) -> str:
         return f"{self.args[0]} already exists; pass --overwrite to replace it"
 
@@ -44,7 +43,7 @@ def copy_tokenizer(source: pathlib.Path, dest: pathlib.Path) -> list[str]:
             shutil.copyfile(source / name, dest / name)
             copied.append(name)
     if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise FileNotFoundError(f"{source}: no tokenizer files (tokenizer.json, ...)")
+        raise SourceError(f"{source}: no tokenizer files (tokenizer.json, ...)")
     return copied
 
 
@@ -103,23 +102,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def file_table(folder: pathlib.Path) -> dict[str, dict[str, Any]]:
-    """Every file under ``folder`` except the manifest: relative path -> size and sha256."""
-    table = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST:
-            table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    return table
-
-
-def write_manifest(folder: pathlib.Path, body: dict[str, Any]) -> pathlib.Path:
-    manifest = {"format": MANIFEST_FORMAT, **body, "files": file_table(folder)}
-    path = folder / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -134,12 +116,15 @@ def staging_dir(out: pathlib.Path, overwrite: bool) -> Iterator[pathlib.Path]:
     """
     if out.exists() and not overwrite:
         raise OutputExistsError(str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # What killed builds of this output left behind (their process is gone).
-    sweep_stale(out.parent, re.escape(out.name) + r"\.(?:building|old)")
-    tmp = pathlib.Path(
-        tempfile.mkdtemp(prefix=staging_prefix(f"{out.name}.building"), dir=out.parent)
-    )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # What killed builds of this output left behind (their process is gone).
+        sweep_stale(out.parent, re.escape(out.name) + r"\.(?:building|old)")
+        tmp = pathlib.Path(
+            tempfile.mkdtemp(prefix=staging_prefix(f"{out.name}.building"), dir=out.parent)
+        )
+    except OSError as err:
+        raise BuildError(f"{out.parent}: cannot build there ({err.strerror or err})") from err
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the artifact private

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcpatch.artifact import CHAT_CONFIG
 from mlcpatch.runtime import Runtime
 
 REPEATS = 15
@@ -103,7 +104,7 @@ def unpatched_copy(folder: Path, work: Path) -> Path:
     from mlcpatch.build.targets import parse_targets
     from mlcpatch.models.registry import builtin_model_file, get_arch
 
-    config = json.loads((folder / "mlc-chat-config.json").read_text())
+    config = json.loads((folder / CHAT_CONFIG).read_text())
     arch = get_arch(config["arch"] if "arch" in config else config["model_type"])
     module = import_model_file(builtin_model_file(arch.name))
     model_config = config["model_config"]

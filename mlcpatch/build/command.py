@@ -7,15 +7,8 @@ import pathlib
 
 import click
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.models.registry import BUILTIN_ARCHS
-
-# Errors a build or a run reports as one line (everything else is a bug and keeps its traceback).
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @click.command("build")
@@ -116,43 +109,39 @@ def build_command(
     and the patch is reverted afterwards, also on failure, unless --keep-patch:
       mlcpatch build --backend mlc --arch qwen2 --model DIR --quant q4f16_1 --target webgpu
     """
+    from mlcpatch.build.errors import BuildOptionError
     from mlcpatch.build.pipeline import BuildOptions, build
     from mlcpatch.build.recipe import load_recipe
     from mlcpatch.models.registry import get_arch
 
     if keep_patch and backend != "mlc":
         raise click.UsageError("--keep-patch only applies to --backend mlc")
-    try:
-        if backend == "builtin":
-            get_arch(arch)
-        recipe = load_recipe(arch)
-        model = model or (recipe.model if recipe else None)
-        if model is None:
-            raise ValueError(f"no --model given and no recipe for {arch!r} names a default")
-        options = BuildOptions(
-            arch=arch,
-            model=model,
-            quantization=quantization or (recipe.quantization if recipe else "q0f32"),
-            targets=targets or (recipe.targets if recipe else "llvm"),
-            out=out,
-            name=name,
-            context_window_size=context_window_size
-            or (recipe.context_window_size if recipe else None),
-            prefill_chunk_size=prefill_chunk_size
-            or (recipe.prefill_chunk_size if recipe else None),
-            conv_template=conv_template or (recipe.conv_template if recipe else None),
-            overwrite=overwrite,
-            use_cache=not no_cache,
-            progress=not quiet,
-        )
-        if backend == "mlc":
-            from mlcpatch.build.mlc.pipeline import build_mlc, mlc_options
+    if backend == "builtin":
+        get_arch(arch)
+    recipe = load_recipe(arch)
+    model = model or (recipe.model if recipe else None)
+    if model is None:
+        raise BuildOptionError(f"no --model given and no recipe for {arch!r} names a default")
+    options = BuildOptions(
+        arch=arch,
+        model=model,
+        quantization=quantization or (recipe.quantization if recipe else "q0f32"),
+        targets=targets or (recipe.targets if recipe else "llvm"),
+        out=out,
+        name=name,
+        context_window_size=context_window_size or (recipe.context_window_size if recipe else None),
+        prefill_chunk_size=prefill_chunk_size or (recipe.prefill_chunk_size if recipe else None),
+        conv_template=conv_template or (recipe.conv_template if recipe else None),
+        overwrite=overwrite,
+        use_cache=not no_cache,
+        progress=not quiet,
+    )
+    if backend == "mlc":
+        from mlcpatch.build.mlc.pipeline import build_mlc, mlc_options
 
-            result = build_mlc(mlc_options(options, keep_patch=keep_patch))
-        else:
-            result = build(options)
-    except _USER_ERRORS as exc:
-        raise click.ClickException(_one_line(exc)) from exc
+        result = build_mlc(mlc_options(options, keep_patch=keep_patch))
+    else:
+        result = build(options)
     reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""
     total = sum(result.seconds.values())
     click.echo(f"built {result.out} in {total:.1f}s{reused}")
@@ -184,18 +173,15 @@ def generate_command(
     as_json: bool,
 ) -> None:
     """Generate a reply to PROMPT with the artifact folder ARTIFACTS on the CPU."""
-    try:
-        runtime = _runtime(artifacts)
-        result = runtime.generate(  # type: ignore[attr-defined]
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
-            seed=seed,
-        )
-    except _USER_ERRORS as exc:
-        raise click.ClickException(_one_line(exc)) from exc
+    runtime = _runtime(artifacts)
+    result = runtime.generate(  # type: ignore[attr-defined]
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=greedy,
+        seed=seed,
+    )
     if as_json:
         payload = {
             "prompt_ids": result.prompt_ids,
@@ -220,11 +206,11 @@ def hidden_command(artifacts: pathlib.Path, prompt: str, out: pathlib.Path) -> N
     """Save the last hidden states (after the final norm) of PROMPT's positions as .npy."""
     import numpy as np
 
+    runtime = _runtime(artifacts)
+    ids = runtime.encode_chat(prompt)  # type: ignore[attr-defined]
+    hidden = runtime.get_last_hidden(runtime.embed(ids))  # type: ignore[attr-defined]
     try:
-        runtime = _runtime(artifacts)
-        ids = runtime.encode_chat(prompt)  # type: ignore[attr-defined]
-        hidden = runtime.get_last_hidden(runtime.embed(ids))  # type: ignore[attr-defined]
         np.save(out, hidden.astype(np.float32))
-    except _USER_ERRORS as exc:
-        raise click.ClickException(_one_line(exc)) from exc
+    except OSError as err:
+        raise MlcpatchError(f"{out}: {err.strerror or err}") from err
     click.echo(f"wrote {out} {list(hidden.shape)}")

@@ -12,10 +12,11 @@ from mlcpatch.build.hf_weights import HFWeights
 from mlcpatch.build.quantization import q4_format
 from mlcpatch.build.quantization.q4_format import QuantizedWeight
 from mlcpatch.build.shards import TensorCacheWriter
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.models.registry import ArchInfo
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(MlcpatchError, ValueError):
     """The checkpoint does not fit the model the config describes."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mlcpatch.errors import MlcpatchError
+
 _SAFETENSORS_DTYPES: dict[str, str] = {
     "F64": "float64",
     "F32": "float32",
@@ -30,7 +32,7 @@ _SAFETENSORS_DTYPES: dict[str, str] = {
 }
 
 
-class WeightFormatError(ValueError):
+class WeightFormatError(MlcpatchError, ValueError):
     """The model folder has no usable weights, or a weight file is malformed."""
 
 

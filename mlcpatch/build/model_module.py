@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import pathlib
 import sys
 from types import ModuleType
 from typing import Any
 
+from mlcpatch.artifact import sha256_file
 from mlcpatch.models.registry import ArchInfo
 
 
 def import_model_file(path: pathlib.Path) -> ModuleType:
     """Import ``path`` as a fresh module (a name unique to its content, so copies never clash)."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(path)[:16]
     name = f"mlcpatch_built_{path.stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]

@@ -9,7 +9,7 @@ from typing import Any
 
 import mlcpatch
 import mlcpatch.patcher as patcher
-from mlcpatch.build.hashing import sha256_file
+from mlcpatch.artifact import sha256_file
 from mlcpatch.models.registry import ArchInfo, builtin_model_file
 from mlcpatch.patcher import PatchError, patch_file
 
@@ -17,7 +17,7 @@ HIDDEN_FUNCTIONS = ("get_last_hidden", "decode_last_hidden")
 
 
 class PatchStepError(RuntimeError):
-    pass
+    """Our own definition did not patch: a bug in mlcpatch, not a user error (a traceback)."""
 
 
 def patch_builtin(arch: ArchInfo, dest_dir: pathlib.Path) -> tuple[pathlib.Path, dict[str, Any]]:

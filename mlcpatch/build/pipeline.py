@@ -13,18 +13,18 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mlcpatch.artifact import CHAT_CONFIG, TENSOR_CACHE, sha256_file, write_manifest
 from mlcpatch.build.artifact import (
-    CHAT_CONFIG,
     OutputExistsError,
     chat_config,
     copy_tokenizer,
     staging_dir,
     tool_versions,
-    write_manifest,
 )
 from mlcpatch.build.compile import COMPILE_STEPS, compile_library, export_model
 from mlcpatch.build.convert import ParamPlan, exported_names, plan_params, write_params
-from mlcpatch.build.hashing import sha256_file, sha256_json
+from mlcpatch.build.errors import BuildError
+from mlcpatch.build.hashing import sha256_json
 from mlcpatch.build.hf_weights import HFWeights
 from mlcpatch.build.model_module import import_model_file, instantiate
 from mlcpatch.build.patch_step import patch_builtin
@@ -39,10 +39,6 @@ from mlcpatch.models.registry import ArchInfo, get_arch
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
 CONVERT_VERSION = 2
 COMPILE_VERSION = 3
-
-
-class BuildError(RuntimeError):
-    """A build that cannot proceed; the message is one line for the user."""
 
 
 @dataclasses.dataclass
@@ -125,7 +121,7 @@ def _convert(
         return
     with _bar(opts, len(plans), "convert", "tensor") as bar:
         write_params(plans, weights, stage, progress=lambda _name: bar.update(1))
-    shard_files = sorted(stage.glob("params_shard_*.bin")) + [stage / "tensor-cache.json"]
+    shard_files = sorted(stage.glob("params_shard_*.bin")) + [stage / TENSOR_CACHE]
     cache.store(key, {p.name: p for p in shard_files})
 
 
@@ -281,26 +277,19 @@ def build(opts: BuildOptions) -> BuildResult:
         (stage / CHAT_CONFIG).write_text(json.dumps(chat, indent=2) + "\n")
         write_manifest(
             stage,
-            {
-                "name": name,
-                "created_unix": int(time.time()),
-                "tools": tool_versions(),
-                "source": {
-                    "spec": source.spec,
-                    "kind": source.kind,
-                    "files_sha256": source.origin_files,
-                },
-                "patch": patch_status,
-                "options": {
-                    "arch": arch.name,
-                    "quantization": quant.name,
-                    "targets": [t.name for t in targets],
-                    "context_window_size": model_config["context_window_size"],
-                    "prefill_chunk_size": model_config["prefill_chunk_size"],
-                    "conv_template": conv_template,
-                },
-                "libraries": libraries,
-                "param_names": exported_names(plans),
+            name=name,
+            tools=tool_versions(),
+            source={"spec": source.spec, "kind": source.kind, "files_sha256": source.origin_files},
+            patch=patch_status,
+            options={
+                "arch": arch.name,
+                "quantization": quant.name,
+                "targets": [t.name for t in targets],
+                "context_window_size": model_config["context_window_size"],
+                "prefill_chunk_size": model_config["prefill_chunk_size"],
+                "conv_template": conv_template,
             },
+            libraries=libraries,
+            param_names=exported_names(plans),
         )
     return BuildResult(out=out, name=name, seconds=seconds, reused=reused)

@@ -8,6 +8,7 @@ import pathlib
 import tomllib
 from typing import Any
 
+from mlcpatch.build.errors import BuildOptionError
 from mlcpatch.resources import recipes_dir
 
 
@@ -35,5 +36,5 @@ def load_recipe(arch: str) -> Recipe | None:
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+        raise BuildOptionError(f"{path}: unknown key(s) {', '.join(unknown)}")
     return Recipe(**data)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mlcpatch.artifact import TENSOR_CACHE
+
 SHARD_CAP_BYTES = 32 * 1024 * 1024
-TENSOR_CACHE_JSON = "tensor-cache.json"
 
 
 class TensorCacheWriter:
@@ -81,6 +82,6 @@ class TensorCacheWriter:
             "BitsPerParam": 8.0 * self.param_bytes / max(self.param_count, 1),
             **(metadata or {}),
         }
-        path = self.out_dir / TENSOR_CACHE_JSON
+        path = self.out_dir / TENSOR_CACHE
         path.write_text(json.dumps({"metadata": meta, "records": self.shards}, indent=2))
         return path

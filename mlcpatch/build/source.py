@@ -18,9 +18,10 @@ import tempfile
 import zipfile
 from typing import Any
 
-from mlcpatch.build.hashing import sha256_file
+from mlcpatch.artifact import sha256_file
 from mlcpatch.build.step_cache import cache_root
 from mlcpatch.build.tiny import TINY_SOURCE, TINY_VERSION, write_tiny_model
+from mlcpatch.errors import MlcpatchError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = [
@@ -40,7 +41,7 @@ HUB_PATTERNS = [
 HUB_IGNORE = ["consolidated*"]
 
 
-class SourceError(ValueError):
+class SourceError(MlcpatchError, ValueError):
     """``--model`` names nothing usable."""
 
 

@@ -9,13 +9,13 @@ never a result hashed into a new manifest as if it were right.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 
+from mlcpatch.artifact import sha256_file
 from mlcpatch.build.staging import staging_prefix, sweep_stale
 
 _MARKER = ".complete"
@@ -35,11 +35,7 @@ def _place(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def _digest(path: pathlib.Path) -> dict[str, int | str]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _fsync(path: pathlib.Path) -> None:

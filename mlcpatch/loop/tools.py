@@ -46,7 +46,8 @@ MAX_BITS = 40_000
 
 
 class CalculatorError(ValueError):
-    pass
+    """An expression the calculator refuses. Not a user error: the loop hands the message to the
+    model as the tool's result, and question sets use it to skip answers it cannot check."""
 
 
 def _int_result_bits(op: ast.operator, left: int, right: int) -> int:

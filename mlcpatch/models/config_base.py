@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
+from mlcpatch.errors import MlcpatchError
+
 T = TypeVar("T", bound="ConfigBase")
+
+
+class ModelConfigError(MlcpatchError, ValueError):
+    """A model's config.json (or a build setting for it) that this build cannot honour."""
 
 
 @dataclasses.dataclass
@@ -27,7 +33,7 @@ class ConfigBase:
             and f.default_factory is dataclasses.MISSING
         ]
         if missing:
-            raise ValueError(f"config.json lacks required field(s): {', '.join(missing)}")
+            raise ModelConfigError(f"config.json lacks required field(s): {', '.join(missing)}")
         return cls(**known, kwargs=extra)  # type: ignore[call-arg]
 
     def asdict(self) -> dict[str, Any]:
@@ -53,7 +59,7 @@ def context_within_window(
         return context_window_size
     if not explicit:
         return int(sliding_window)
-    raise ValueError(
+    raise ModelConfigError(
         f"this {arch} model uses sliding-window attention (window {sliding_window} tokens) and "
         f"context_window_size {context_window_size} is longer: its build attends to every "
         f"cached position, so contexts beyond the window are not supported; use "
@@ -72,12 +78,14 @@ def chunk_within_window(
     one is refused.
     """
     if sliding_window < 2:
-        raise ValueError(f"this {arch} model's sliding window ({sliding_window}) is too short")
+        raise ModelConfigError(
+            f"this {arch} model's sliding window ({sliding_window}) is too short"
+        )
     if prefill_chunk_size < sliding_window:
         return prefill_chunk_size
     if not explicit:
         return sliding_window - 1
-    raise ValueError(
+    raise ModelConfigError(
         f"prefill_chunk_size {prefill_chunk_size} is not shorter than this {arch} model's "
         f"sliding window ({sliding_window} tokens): the KV cache's window kernels are exact only "
         f"for shorter prefill chunks; use --prefill-chunk-size {sliding_window - 1} or less"

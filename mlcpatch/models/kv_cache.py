@@ -17,6 +17,8 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache as TVMPagedKVCache
 from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
+from mlcpatch.models.config_base import ModelConfigError
+
 __all__ = ["PagedKVCache", "RopeMode", "SUPPORTED_ROPE_SCALING"]
 
 # RoPE scaling types the TIR kernels of TVM 0.27 implement (position_embedding.py).
@@ -65,7 +67,7 @@ class PagedKVCache(TVMPagedKVCache):
                 "`with tvm.target.Target(...):`"
             )
         if "mha_sliding" in attn_kind and target.kind.name != "llvm":
-            raise ValueError(
+            raise ModelConfigError(
                 f"sliding-window attention beyond the window ({layer_sliding_window_size} "
                 f"tokens) is exact only in CPU (llvm) builds: TVM's {target.kind.name} window "
                 "kernels differ from transformers; for this target use a context window no "
@@ -105,7 +107,7 @@ class PagedKVCache(TVMPagedKVCache):
             # TVM's GPU prefill kernels tile head_dim into a fixed thread layout; sizes such as 12
             # and 20 do not factor and fail deep inside the scheduler. Say which size and why.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
+            raise ModelConfigError(
                 f"head_dim {qk_head_dim} ({num_attention_heads} query / {num_key_value_heads} "
                 f"key-value heads) is not supported by TVM {tvm.__version__}'s "
                 f"{target.kind.name} attention kernels; real models use head_dim 64, 80, 96, 128 "

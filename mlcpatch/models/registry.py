@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlcpatch.build.recipe import Recipe, load_recipe, recipe_path
+from mlcpatch.errors import MlcpatchError
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -252,7 +253,7 @@ BUILTIN_ARCHS: dict[str, ArchInfo] = {
 }
 
 
-class UnknownArchError(KeyError):
+class UnknownArchError(MlcpatchError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -13,11 +14,6 @@ from mlcpatch.patcher.resolve import known_archs, resolve
 from mlcpatch.patcher.verify import builtin_verifier
 
 SOURCES = click.Choice(["auto", "mlc", "builtin"])
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(CANNOT_PATCH)
 
 
 @click.command("patch")
@@ -93,22 +89,18 @@ def patch_command(
       mlcpatch patch qwen2 --revert
     """
     if force and mode != "revert":
-        _fail("--force only applies to --revert")
-    try:
-        found = resolve(target, source)
-    except PatchError as err:
-        _fail(str(err))
-        return
+        raise click.UsageError("--force only applies to --revert")
+    found = resolve(target, source)
     path = found.path
     name = class_name or found.class_name
     if mode == "check":
         if show_diff:
-            _fail("--check and --diff cannot be combined")
+            raise click.UsageError("--check and --diff cannot be combined")
         try:
             result = check_file(path, class_name=name)
-        except Exception as err:  # a crash must not read as exit 1, "not patched"
-            _fail(f"{path}: internal error: {type(err).__name__}: {err}")
-            return
+        except Exception:  # a bug: its traceback, and never exit 1, which reads "not patched"
+            traceback.print_exc()
+            sys.exit(CANNOT_PATCH)
         click.echo(result.message, err=result.code == CANNOT_PATCH)
         sys.exit(result.code)
     try:
@@ -117,12 +109,8 @@ def patch_command(
         else:
             verifier = builtin_verifier(found.arch) if found.origin == "built-in" else None
             outcome = patch_file(path, class_name=name, dry_run=show_diff, verifier=verifier)
-    except PatchError as err:
-        _fail(str(err))
-        return
     except OSError as err:
-        _fail(f"{path}: {err.strerror or err}")
-        return
+        raise PatchError(f"{path}: {err.strerror or err}") from err
     if show_diff:
         click.echo(outcome.diff(), nl=False)
         return
@@ -141,11 +129,7 @@ def patch_command(
 @click.option("--status", is_flag=True, help="Also show whether each file is patched.")
 def archs_command(source: str, status: bool) -> None:
     """List the architectures `mlcpatch patch ARCH` understands, with their files."""
-    try:
-        archs = known_archs(source)
-    except PatchError as err:
-        _fail(str(err))
-        return
+    archs = known_archs(source)
     if not archs:
         click.echo("no architectures found")
         return

@@ -195,7 +195,7 @@ def publish_command(
             dry_run=dry_run,
             console=console,
         )
-    except click.ClickException as exc:
+    except PublishError as exc:
         # Messages may quote server answers: scrub them like everything else we print.
         exc.message = scrub(exc.message, hf_token, gh_token)
         raise

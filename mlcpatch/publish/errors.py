@@ -1,16 +1,25 @@
-"""Errors the publish command turns into one-line messages."""
+"""Errors the publish command reports as one line (mlcpatch.errors: the CLI's rule)."""
 
 from __future__ import annotations
 
-import click
+from mlcpatch.artifact import ArtifactError
+from mlcpatch.errors import MlcpatchError
+
+__all__ = ["ArtifactError", "AuthError", "PublishError", "TransientError", "VerifyError"]
 
 
-class PublishError(click.ClickException):
-    """Publishing cannot go on; the message is one line for the user (never holds a token)."""
+class PublishError(MlcpatchError):
+    """Publishing cannot go on; the message is one line for the user (never holds a token).
 
+    ``message`` may be rewritten (the command scrubs tokens out of server answers) and is what
+    the error prints."""
 
-class ArtifactError(PublishError):
-    """The artifact folder or a link file does not match what it claims to be."""
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class AuthError(PublishError):
@@ -22,4 +31,7 @@ class VerifyError(PublishError):
 
 
 class TransientError(Exception):
-    """A failure worth retrying (HTTP 5xx/429, dropped connection, timeout)."""
+    """A failure worth retrying (HTTP 5xx/429, dropped connection, timeout).
+
+    Not a user error: the retry loop consumes it, and what outlasts the retries is turned into
+    a PublishError (github.wrap_errors) before it reaches the user."""

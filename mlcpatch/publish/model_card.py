@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mlcpatch.artifact import Manifest
 from mlcpatch.publish.artifact import Artifact
 
 CARD_NAME = "README.md"
@@ -20,8 +21,8 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _front_matter(manifest: dict[str, Any]) -> list[str]:
-    source = manifest.get("source") or {}
+def _front_matter(manifest: Manifest) -> list[str]:
+    source = manifest.source
     lines = ["---", "library_name: mlc-llm"]
     # The Hub validates base_model as a repo id: only a model that came from the Hub has one.
     if source.get("kind") == "hub" and _HUB_ID.match(str(source.get("spec", ""))):
@@ -32,9 +33,7 @@ def _front_matter(manifest: dict[str, Any]) -> list[str]:
 
 def _summary(artifact: Artifact) -> list[str]:
     m = artifact.manifest
-    source = m.get("source") or {}
-    options = m.get("options") or {}
-    patch = m.get("patch") or {}
+    source, options, patch = m.source, m.options, m.patch
     rows = [
         ("base model", f"`{source.get('spec', 'unknown')}` ({source.get('kind', 'unknown')})"),
         ("architecture", options.get("arch", "unknown")),
@@ -49,13 +48,13 @@ def _summary(artifact: Artifact) -> list[str]:
         rows.append(
             ("hidden-state functions", f"{_cell(added)} (mlcpatch {patch.get('patcher_version')})")
         )
-    for target, lib in (m.get("libraries") or {}).items():
+    for target, lib in m.libraries.items():
         rows.append((f"library ({target})", f"`{lib}`"))
     return ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in rows), ""]
 
 
-def _tools(manifest: dict[str, Any]) -> list[str]:
-    tools = manifest.get("tools") or {}
+def _tools(manifest: Manifest) -> list[str]:
+    tools = manifest.tools
     if not tools:
         return []
     rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(tools.items())]
@@ -77,7 +76,7 @@ def _files(artifact: Artifact) -> list[str]:
 
 
 def _how_to_load(artifact: Artifact, repo_id: str, endpoint: str) -> list[str]:
-    libraries = artifact.manifest.get("libraries") or {}
+    libraries = artifact.manifest.libraries
     base = f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/"
     lines = [
         "## How to load",

@@ -8,7 +8,7 @@ import io
 import pathlib
 from typing import BinaryIO
 
-from mlcpatch.publish.hashing import sha256_file
+from mlcpatch.artifact import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import click
 
+from mlcpatch.errors import Group
 from mlcpatch.training.command import links_command, train_command
 
 
-@click.group()
+@click.group(cls=Group)
 def main() -> None:
     """RecursiveLink trainer and link-file tools."""
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.training.tiny import TINY_MODELS, tiny_model
 
 
-class BackboneError(RuntimeError):
+class BackboneError(MlcpatchError, RuntimeError):
     """A model could not be loaded or is not a causal LM with accessible embeddings."""
 
 

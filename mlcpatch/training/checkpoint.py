@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from mlcpatch.errors import MlcpatchError
+
 CHECKPOINT_NAME = "checkpoint.pt"
 # Changing any of these changes what a step computes, so resuming across them would be wrong.
 RESUME_KEYS = (
@@ -32,7 +34,7 @@ RESUME_KEYS = (
 )
 
 
-class ResumeError(RuntimeError):
+class ResumeError(MlcpatchError, RuntimeError):
     """A checkpoint is missing or was written by an incompatible configuration."""
 
 

@@ -6,47 +6,12 @@ __main__.py has examples); one process per GPU, each with its slice of every glo
 
 from __future__ import annotations
 
-import functools
 import pathlib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mlcpatch.training.backbones import BackboneError
-    from mlcpatch.training.checkpoint import ResumeError
-    from mlcpatch.training.config import ConfigError
-    from mlcpatch.training.data import DataError
-    from mlcpatch.training.linkfile import LinkFileError
-    from mlcpatch.training.spec import LinkSpecError
-    from mlcpatch.training.system import SystemConfigError
-
-    return (
-        BackboneError,
-        ConfigError,
-        DataError,
-        LinkFileError,
-        LinkSpecError,
-        ResumeError,
-        SystemConfigError,
-    )
-
-
-def one_line_errors(func: F) -> F:
-    """Turn the package's own errors into one-line click errors; anything else is a bug."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _user_errors() as err:
-            raise click.ClickException(" ".join(str(err).split())) from err
-
-    return wrapper  # type: ignore[return-value]
+from mlcpatch.errors import Group, MlcpatchError
 
 
 @click.command("train")
@@ -136,7 +101,6 @@ def one_line_errors(func: F) -> F:
     help="Also write recursivelink.json (default on).",
 )
 @click.option("--progress/--no-progress", default=None)
-@one_line_errors
 def train_command(
     config_file: pathlib.Path | None,
     tiny: bool,
@@ -173,7 +137,7 @@ def train_command(
         click.echo(f"loss {head:.4f} -> {tail:.4f} in {result.seconds:.1f}s")
 
 
-@click.group("links")
+@click.group("links", cls=Group)
 def links_command() -> None:
     """Link files: convert between recursivelink.json and links.safetensors + links.json."""
 
@@ -195,7 +159,6 @@ def links_command() -> None:
     show_default=True,
     help="Tensor type of binary output.",
 )
-@one_line_errors
 def links_convert_command(
     source: pathlib.Path, target: pathlib.Path, fmt: str | None, dtype: str
 ) -> None:
@@ -206,13 +169,12 @@ def links_convert_command(
         written = convert_links(source, target, fmt=fmt, dtype=dtype)
     except OSError as err:
         # Readers report their own files; what is left is the target that cannot be written.
-        raise click.ClickException(f"{err.filename or target}: {err.strerror or err}") from err
+        raise MlcpatchError(f"{err.filename or target}: {err.strerror or err}") from err
     click.echo(f"wrote {written}")
 
 
 @links_command.command("inspect")
 @click.argument("path", type=click.Path(exists=True, path_type=pathlib.Path))
-@one_line_errors
 def links_inspect_command(path: pathlib.Path) -> None:
     """Validate a link file and list its links."""
     from mlcpatch.training.link_io import load_links
@@ -237,7 +199,6 @@ def links_inspect_command(path: pathlib.Path) -> None:
 @click.option("--to", "target_agent", help="Receiving agent (outer links).")
 @click.option("--adapter-type", help="Reference adapter type when the shapes cannot tell.")
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
-@one_line_errors
 def links_import_command(
     checkpoint: pathlib.Path,
     target: pathlib.Path,

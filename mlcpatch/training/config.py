@@ -8,6 +8,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.training.system import (
     AgentConfig,
     SystemConfig,
@@ -21,7 +22,7 @@ TARGETS = ("solution", "answer")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
-class ConfigError(ValueError):
+class ConfigError(MlcpatchError, ValueError):
     """The configuration is invalid; the message names the key."""
 
 

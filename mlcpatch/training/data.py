@@ -6,10 +6,11 @@ import pathlib
 import random
 from dataclasses import dataclass
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.resources import training_data_dir
 
 
-class DataError(ValueError):
+class DataError(MlcpatchError, ValueError):
     """A data file is unreadable or a line is malformed; the message names file, line and field."""
 
 

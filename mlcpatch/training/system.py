@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlcpatch.errors import MlcpatchError
 from mlcpatch.loop.patterns import AgentRole, Pattern
 from mlcpatch.training.spec import VARIANTS, LinkSpec, check_name, make_spec
 
@@ -31,7 +32,7 @@ DEFAULT_ROLES: dict[str, str] = {
 }
 
 
-class SystemConfigError(ValueError):
+class SystemConfigError(MlcpatchError, ValueError):
     """The system description is inconsistent (unknown agent in the pattern, bad template)."""
 
 

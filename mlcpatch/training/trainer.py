@@ -32,7 +32,8 @@ from mlcpatch.training.unroll import Agent, LatentSystem
 
 
 class BaseWeightsChanged(RuntimeError):
-    """A backbone parameter became trainable, received a gradient, or changed value."""
+    """A backbone parameter became trainable, received a gradient, or changed value. Not a user
+    error: the trainer's own invariant failed, a bug that keeps its traceback."""
 
 
 @dataclass

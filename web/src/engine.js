@@ -114,7 +114,7 @@ async function fetchBytes(url, what, onBytes, signal) {
 
 // --- the manifest ---------------------------------------------------------------------------
 //
-// manifest.json is required and follows mlcpatch/manifest.py: {"format": 1, ..., "files":
+// manifest.json is required and follows mlcpatch/artifact.py: {"format": 1, ..., "files":
 // {"<relative posix path>": {"size", "sha256"}}} lists every file but itself. Every file the
 // engine opens must be listed and is checked (size, SHA-256) as it arrives, before it is used.
 // The hashes catch corruption (a cut download, a disk or cache error), not tampering: whoever
@@ -159,7 +159,7 @@ class ArtifactFiles {
     this.files = manifest.files;
   }
 
-  /** Fetch and check manifest.json (the rules of mlcpatch/manifest.py's read_manifest). */
+  /** Fetch and check manifest.json (the rules of mlcpatch/artifact.py's Manifest.from_json). */
   static async open(base, signal) {
     const url = base + MANIFEST;
     let response;
@@ -946,7 +946,7 @@ export async function clearCache() {
 // A content-keyed Cache Storage name, so a rebuilt artifact at the same URL is not served
 // stale weights from the browser's cache.
 function weightsCacheScope(manifest) {
-  const sha = manifest?.files?.["tensor-cache.json"]?.sha256;
+  const sha = manifest?.files?.[TENSOR_CACHE]?.sha256;
   return sha ? `${CACHE_PREFIX}-${sha.slice(0, 16)}` : CACHE_PREFIX;
 }
 

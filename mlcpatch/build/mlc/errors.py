@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mlcpatch.errors import MlcpatchError
 
-class MlcBuildError(RuntimeError):
+
+class MlcBuildError(MlcpatchError, RuntimeError):
     """A build with MLC-LLM that cannot proceed; the message is one line for the user."""
 
 

@@ -38,13 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlcpatch.build.artifact import (
-    CHAT_CONFIG,
-    TOKENIZER_FILES,
-    OutputExistsError,
-    staging_dir,
-    write_manifest,
-)
+from mlcpatch.artifact import CHAT_CONFIG, TENSOR_CACHE, write_manifest
+from mlcpatch.build.artifact import TOKENIZER_FILES, OutputExistsError, staging_dir
 from mlcpatch.build.mlc.errors import MlcBuildError
 from mlcpatch.build.mlc.locate import MlcInstall, find_mlc_llm
 from mlcpatch.build.mlc.patching import patched_model
@@ -55,7 +50,6 @@ from mlcpatch.patcher.resolve import mlc_archs
 
 EMCC_URL = "https://llm.mlc.ai/docs/install/emcc.html"
 OLDEST_VERSION = (0, 17)  # the oldest MLC-LLM whose CLI this was written against
-TENSOR_CACHE = "tensor-cache.json"
 OLD_TENSOR_CACHE = "ndarray-cache.json"  # MLC-LLM <= 0.19
 WASM_RUNTIME_BC = Path("web", "dist", "wasm", "mlc_wasm_runtime.bc")
 
@@ -297,11 +291,23 @@ def build_mlc(opts: MlcBuildOptions) -> MlcBuildResult:
         chat = _finish_chat_config(stage, source.folder, libraries)
         write_manifest(
             stage,
-            {
-                "name": name,
-                "created_unix": int(time.time()),
+            name=name,
+            tools=_tool_versions(install),
+            source={"spec": source.spec, "kind": source.kind, "files_sha256": source.origin_files},
+            patch=patch_status,
+            options={
+                "arch": opts.arch,
+                "quantization": opts.quantization,
+                "targets": list(libraries),
+                "context_window_size": chat.get("context_window_size"),
+                "prefill_chunk_size": chat.get("prefill_chunk_size"),
+                "conv_template": conv_template,
+                "keep_patch": opts.keep_patch,
+            },
+            libraries=libraries,
+            param_names=_param_names(cache),
+            extra={
                 "backend": "mlc",
-                "tools": _tool_versions(install),
                 "mlc_llm": {
                     "version": install.version,
                     "package_dir": str(install.package_dir),
@@ -311,23 +317,6 @@ def build_mlc(opts: MlcBuildOptions) -> MlcBuildResult:
                     "commands": commands,
                     "staging_dir": str(stage_dir),
                 },
-                "source": {
-                    "spec": source.spec,
-                    "kind": source.kind,
-                    "files_sha256": source.origin_files,
-                },
-                "patch": patch_status,
-                "options": {
-                    "arch": opts.arch,
-                    "quantization": opts.quantization,
-                    "targets": list(libraries),
-                    "context_window_size": chat.get("context_window_size"),
-                    "prefill_chunk_size": chat.get("prefill_chunk_size"),
-                    "conv_template": conv_template,
-                    "keep_patch": opts.keep_patch,
-                },
-                "libraries": libraries,
-                "param_names": _param_names(cache),
             },
         )
     return MlcBuildResult(out, name, seconds, [], commands, patch_status)

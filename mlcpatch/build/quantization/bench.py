@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcpatch.artifact import TENSOR_CACHE
 from mlcpatch.build.pipeline import BuildOptions, build
 from mlcpatch.runtime import Runtime
 
@@ -38,7 +39,7 @@ PROMPTS = (
 
 
 def folder_bytes(folder: Path) -> dict[str, int]:
-    cache = json.loads((folder / "tensor-cache.json").read_text())
+    cache = json.loads((folder / TENSOR_CACHE).read_text())
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return {"weights": int(cache["metadata"]["ParamBytes"]), "folder": total}
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from mlcpatch.build.errors import BuildOptionError
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
@@ -40,4 +42,4 @@ def get_quantization(name: str) -> Quantization:
         return QUANTIZATIONS[name]
     except KeyError:
         known = ", ".join(QUANTIZATIONS)
-        raise ValueError(f"unknown quantization {name!r} (supported: {known})") from None
+        raise BuildOptionError(f"unknown quantization {name!r} (supported: {known})") from None

@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 
+from mlcpatch.errors import MlcpatchError
+
 GROUP_SIZE = 32
 BITS = 4
 PER_WORD = 32 // BITS  # codes per uint32
@@ -33,7 +35,7 @@ SCALE_DTYPES = ("float16", "float32")
 ROW_BLOCK = 1024  # rows quantized at a time
 
 
-class QuantizeError(ValueError):
+class QuantizeError(MlcpatchError, ValueError):
     """A weight this format cannot represent (wrong rank, non-finite, scale overflow)."""
 
 

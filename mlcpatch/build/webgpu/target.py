@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlcpatch.build.webgpu.accurate_math import MATH_VERSION, register_accurate_math
-from mlcpatch.build.webgpu.toolchain import Toolchain, ensure_toolchain
+from mlcpatch.build.webgpu.toolchain import Toolchain, ToolchainError, ensure_toolchain
 
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 LIB_SUFFIX = "-webgpu.wasm"
@@ -83,7 +83,10 @@ class EmccLinker:
         LINK_SECONDS.append(self.seconds)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
-            raise RuntimeError(f"emcc failed to link {os.path.basename(output)}:\n{tail}")
+            raise ToolchainError(
+                f"emcc failed to link {os.path.basename(output)}; its last output is above it",
+                detail=tail,
+            )
 
 
 def export_wasm(executable: Any, path: pathlib.Path) -> float:

@@ -30,6 +30,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from importlib import metadata
 
+from mlcpatch.artifact import sha256_file
+from mlcpatch.errors import USER_ERROR_EXIT, MlcpatchError, one_line
+
 HEADERS_DIR = pathlib.Path(__file__).resolve().parent / "toolchain_headers"
 RUNTIME_BITCODE = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
 STAMP = "toolchain.json"
@@ -39,7 +42,7 @@ TOOLCHAIN_VERSION = 1
 _CFLAGS = ("-O3", "-std=c++17", "-Wno-ignored-attributes")
 
 
-class ToolchainError(RuntimeError):
+class ToolchainError(MlcpatchError, RuntimeError):
     """The WebGPU toolchain is missing or broken; the message says what to install or run."""
 
 
@@ -105,7 +108,7 @@ def _headers_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted(HEADERS_DIR.rglob("*.h")):
         digest.update(path.relative_to(HEADERS_DIR).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+        sha256_file(path, digest)
     return digest.hexdigest()
 
 
@@ -153,7 +156,10 @@ def _compile_bitcode(emcc: str, root: pathlib.Path, name: str, out: pathlib.Path
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
-        raise ToolchainError(f"compiling TVM's web runtime ({name}.cc) failed:\n{tail}")
+        raise ToolchainError(
+            f"compiling TVM's web runtime ({name}.cc) failed; emcc's last output is above it",
+            detail=tail,
+        )
 
 
 def build_toolchain(log: Callable[[str], None] = print) -> Toolchain:
@@ -248,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             toolchain = ensure_toolchain()
             print(f"ok: {toolchain.emcc_version}; runtime bitcode in {toolchain.folder}")
     except ToolchainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        print(f"Error: {one_line(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
     return 0
 
 
