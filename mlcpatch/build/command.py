@@ -64,6 +64,14 @@ from mlcpatch.models.registry import BUILTIN_ARCHS
 @click.option("--no-cache", is_flag=True, help="Redo every step instead of reusing cached ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Show TVM's own messages (C++ warnings, Python warnings) as it exports and compiles; "
+    "without it they go to logs/<name>.log in the build cache and are shown only when the "
+    "compile fails.",
+)
+@click.option(
     "--backend",
     type=click.Choice(["builtin", "mlc"]),
     default="builtin",
@@ -90,6 +98,7 @@ def build_command(
     overwrite: bool,
     no_cache: bool,
     quiet: bool,
+    verbose: bool,
     backend: str,
     keep_patch: bool,
 ) -> None:
@@ -135,6 +144,7 @@ def build_command(
         overwrite=overwrite,
         use_cache=not no_cache,
         progress=not quiet,
+        verbose=verbose,
     )
     if backend == "mlc":
         from mlcpatch.build.mlc.pipeline import build_mlc, mlc_options

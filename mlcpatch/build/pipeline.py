@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -30,8 +29,9 @@ from mlcpatch.build.model_module import import_model_file, instantiate
 from mlcpatch.build.patch_step import patch_builtin
 from mlcpatch.build.quantization.modes import Quantization, get_quantization
 from mlcpatch.build.quantization.q4_format import QuantizedWeight, QuantizeError
+from mlcpatch.build.quiet import messages_to
 from mlcpatch.build.source import ResolvedSource, resolve_source
-from mlcpatch.build.step_cache import StepCache
+from mlcpatch.build.step_cache import StepCache, cache_root
 from mlcpatch.build.targets import TargetSpec, parse_targets
 from mlcpatch.build.webgpu.target import build_identity
 from mlcpatch.models.registry import ArchInfo, get_arch
@@ -55,6 +55,7 @@ class BuildOptions:
     overwrite: bool = False
     use_cache: bool = True
     progress: bool = True
+    verbose: bool = False  # TVM's own messages on the terminal, not in the build log
 
 
 @dataclasses.dataclass
@@ -74,8 +75,13 @@ def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
         seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - start, 3)
 
 
-def _bar(opts: BuildOptions, total: int, desc: str, unit: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, disable=not opts.progress, file=sys.stderr)
+def _bar(opts: BuildOptions, total: int, desc: str, unit: str, terminal: TextIO) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=not opts.progress, file=terminal)
+
+
+def build_log(name: str) -> pathlib.Path:
+    """Where a build without --verbose keeps what TVM printed (the last build of ``name``)."""
+    return cache_root() / "logs" / f"{name}.log"
 
 
 def _check_model_type(arch: ArchInfo, hf_config: dict[str, Any]) -> None:
@@ -104,6 +110,7 @@ def _convert(
     quant: Quantization,
     stage: pathlib.Path,
     reused: list[str],
+    terminal: TextIO,
 ) -> None:
     key = sha256_json(
         {
@@ -119,7 +126,7 @@ def _convert(
     if cache.restore(key, stage) is not None:
         reused.append("convert")
         return
-    with _bar(opts, len(plans), "convert", "tensor") as bar:
+    with _bar(opts, len(plans), "convert", "tensor", terminal) as bar:
         write_params(plans, weights, stage, progress=lambda _name: bar.update(1))
     shard_files = sorted(stage.glob("params_shard_*.bin")) + [stage / TENSOR_CACHE]
     cache.store(key, {p.name: p for p in shard_files})
@@ -154,6 +161,7 @@ def _compile(
     config: dict[str, Any],
     lib_path: pathlib.Path,
     reused: list[str],
+    terminal: TextIO,
 ) -> None:
     from importlib import metadata
 
@@ -179,11 +187,13 @@ def _compile(
     if cache.restore_file(key, "lib", lib_path):
         reused.append(f"compile-{spec.name}")
         return
-    with _bar(opts, COMPILE_STEPS, f"compile {spec.name}", "step") as bar:
+    with _bar(opts, COMPILE_STEPS, f"compile {spec.name}", "step", terminal) as bar:
         try:
             compile_library(model, spec, lib_path, on_step=lambda: bar.update(1))
         except tvm_error.InternalError as exc:
-            raise BuildError(_compile_failure(spec.name, config, exc)) from exc
+            # The one line names what the user can change; TVM's whole message goes above it.
+            detail = str(exc).strip()
+            raise BuildError(_compile_failure(spec.name, config, exc), detail=detail) from exc
     cache.store(key, {"lib": lib_path})
 
 
@@ -225,7 +235,8 @@ def build(opts: BuildOptions) -> BuildResult:
         raise OutputExistsError(str(out))
     weights = HFWeights(source.folder)
 
-    with staging_dir(out, opts.overwrite) as stage:
+    log = None if opts.verbose else build_log(name)
+    with staging_dir(out, opts.overwrite) as stage, messages_to(log) as terminal:
         with _timed(seconds, "patch"):
             patched, patch_status = patch_builtin(arch, stage / "source")
             module = import_model_file(patched)
@@ -247,14 +258,22 @@ def build(opts: BuildOptions) -> BuildResult:
                 export_model(model, spec.make_target())
             plans = plan_params(arch, expected, weights, config.tie_word_embeddings, quantized)
         with _timed(seconds, "convert"):
-            _convert(opts, source, plans, weights, quant, stage, reused)
+            _convert(opts, source, plans, weights, quant, stage, reused, terminal)
 
         libraries: dict[str, str] = {}
         for spec in targets:
             lib_name = f"{name}{spec.lib_suffix}"
             with _timed(seconds, f"compile-{spec.name}"):
                 _compile(
-                    opts, model, quant, spec, patch_status, model_config, stage / lib_name, reused
+                    opts,
+                    model,
+                    quant,
+                    spec,
+                    patch_status,
+                    model_config,
+                    stage / lib_name,
+                    reused,
+                    terminal,
                 )
             libraries[spec.name] = lib_name
 
