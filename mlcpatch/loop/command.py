@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
+from mlcpatch.links.spec import VARIANTS
 from mlcpatch.loop.backends import ModelBackend, open_backend
 from mlcpatch.loop.bench import bench, bench_questions, plot
-from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
+from mlcpatch.loop.calibrate import fitted_links
 from mlcpatch.loop.export_links import save_fitted_links
-from mlcpatch.loop.linkfile import load_links
-from mlcpatch.loop.orchestrator import Agent, RunResult, Settings, compare, run
+from mlcpatch.loop.orchestrator import Agent, Links, RunResult, Settings, compare, run
 from mlcpatch.loop.patterns import PatternError, builtin_patterns, load_pattern
 
 models_option = click.option(
@@ -102,7 +102,7 @@ def _print_result(result: RunResult) -> None:
 )
 @click.option(
     "--link-form",
-    type=click.Choice(LINK_FORMS),
+    type=click.Choice(VARIANTS),
     default="residual",
     show_default=True,
     help="Form of the closed-form links (without --links): residual, or the paper's "
@@ -172,7 +172,7 @@ def run_command(
     system, agents = _agents(pattern, models)
     results: list[RunResult] = []
     try:
-        links = load_links(link_file, system, agents) if link_file else None
+        links = Links.load(link_file, system, agents) if link_file else None
         if save_links:
             written, links = save_fitted_links(system, agents, save_links, link_form)
             click.echo(f"links written to {written}", err=True)
@@ -207,7 +207,7 @@ def run_command(
 @click.option("--links", "link_file", type=click.Path(exists=True))
 @click.option(
     "--link-form",
-    type=click.Choice(LINK_FORMS),
+    type=click.Choice(VARIANTS),
     default="residual",
     show_default=True,
     help="Form of the closed-form links used without --links.",
@@ -246,7 +246,7 @@ def bench_command(
         raise click.ClickException(f"bad --rounds or settings: {err}") from None
     system, agents = _agents(pattern, models)
     links = (
-        load_links(link_file, system, agents)
+        Links.load(link_file, system, agents)
         if link_file
         else fitted_links(system, agents, link_form)
     )

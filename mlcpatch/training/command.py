@@ -13,16 +13,18 @@ from typing import Any, TypeVar
 
 import click
 
+from mlcpatch.links.spec import VARIANTS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from mlcpatch.links.linkfile import LinkFileError
+    from mlcpatch.links.spec import LinkSpecError
     from mlcpatch.training.backbones import BackboneError
     from mlcpatch.training.checkpoint import ResumeError
     from mlcpatch.training.config import ConfigError
     from mlcpatch.training.data import DataError
-    from mlcpatch.training.linkfile import LinkFileError
-    from mlcpatch.training.spec import LinkSpecError
     from mlcpatch.training.system import SystemConfigError
 
     return (
@@ -88,7 +90,7 @@ def one_line_errors(func: F) -> F:
 @click.option("--max-new-tokens", type=int, help="Answer budget when validating (default 12).")
 @click.option("--rounds", type=int, help="Rounds R of the whole pattern (default 2).")
 @click.option("--latent-steps", type=int, help="Latent steps m per agent turn (default 4).")
-@click.option("--variant", type=click.Choice(["residual", "ln-residual"]))
+@click.option("--variant", type=click.Choice(VARIANTS))
 @click.option("--bottleneck", type=int, help="Width of the W1/W2 layer (default per variant).")
 @click.option("--stage", type=click.Choice(["inner", "outer", "both"]))
 @click.option("--inner-steps", type=int, help="Stage 1 optimiser steps (default 100).")
@@ -200,7 +202,7 @@ def links_convert_command(
     source: pathlib.Path, target: pathlib.Path, fmt: str | None, dtype: str
 ) -> None:
     """Convert SOURCE to TARGET, validating every name and shape on the way."""
-    from mlcpatch.training.link_io import convert_links
+    from mlcpatch.links.files import convert_links
 
     try:
         written = convert_links(source, target, fmt=fmt, dtype=dtype)
@@ -215,7 +217,7 @@ def links_convert_command(
 @one_line_errors
 def links_inspect_command(path: pathlib.Path) -> None:
     """Validate a link file and list its links."""
-    from mlcpatch.training.link_io import load_links
+    from mlcpatch.links.files import load_links
 
     link_file = load_links(path)
     for agent in link_file.agents:
@@ -247,7 +249,7 @@ def links_import_command(
     dtype: str,
 ) -> None:
     """Import a reference RecursiveMAS adapter state dict (.pt) as a link file."""
-    from mlcpatch.training.link_io import output_format, save_links
+    from mlcpatch.links.files import output_format, save_links
     from mlcpatch.training.reference_import import import_reference
 
     link_file = import_reference(checkpoint, source_agent, target_agent, adapter_type)
