@@ -12,9 +12,6 @@ from typing import IO, Any
 import click
 
 USER_ERROR_EXIT = 2
-# The link-file errors move onto MlcpatchError with the link-file code (mlcpatch/links/); until
-# then they are reported alike, matched by name so that this module imports nothing of theirs.
-_LINK_ERRORS = frozenset({"LinkFileError", "LinkSpecError"})
 
 
 class MlcpatchError(Exception):
@@ -53,7 +50,3 @@ class Group(click.Group):
             return super().invoke(ctx)
         except MlcpatchError as err:
             raise _Reported(err) from err
-        except ValueError as err:
-            if not any(c.__name__ in _LINK_ERRORS for c in type(err).__mro__):
-                raise
-            raise _Reported(MlcpatchError(str(err))) from err

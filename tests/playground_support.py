@@ -162,11 +162,10 @@ def python_run(
     links: pathlib.Path | None,
 ) -> dict[str, Any]:
     """mlcpatch.loop.orchestrator.run on the CPU runtime; RunResult.to_json()."""
-    from mlcpatch.loop.linkfile import load_links
-    from mlcpatch.loop.orchestrator import Settings, run
+    from mlcpatch.loop.orchestrator import Links, Settings, run
 
     pattern, agents = open_agents(pattern_name, folders)
-    loaded = load_links(links, pattern, agents) if mode == "latent" else None
+    loaded = Links.load(links, pattern, agents) if mode == "latent" else None
     options = Settings(
         settings["rounds"],
         settings["latentSteps"],

@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
+from mlcpatch.links.binary import read_binary, write_binary
+from mlcpatch.links.files import convert_links, load_links, save_links
+from mlcpatch.links.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.links.recursivelink import read_json, write_json
+from mlcpatch.links.spec import make_spec
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.training.command import links_command
-from mlcpatch.training.format_binary import read_binary, write_binary
-from mlcpatch.training.format_json import read_json, write_json
-from mlcpatch.training.link_io import convert_links, load_links, save_links
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
-from mlcpatch.training.module import LinkSet
-from mlcpatch.training.spec import make_spec
 
 
 def random_link_set(variant: str, activation: str = "gelu", seed: int = 0) -> LinkSet:
@@ -420,7 +420,7 @@ def test_header_length_over_the_cap_is_refused_without_reading_the_file(
 ) -> None:
     import struct
 
-    from mlcpatch.training.format_binary import MAX_HEADER_BYTES
+    from mlcpatch.links.binary import MAX_HEADER_BYTES
 
     def no_whole_file_reads(self: pathlib.Path) -> bytes:
         raise AssertionError(f"read the whole of {self}")

@@ -1,7 +1,9 @@
-"""web/src/links.js against the PyTorch links: same files, same inputs, same outputs.
+"""web/src/links.js against mlcpatch.links: same files, same inputs, same outputs as both the
+loop's numpy links and the trainer's PyTorch links, and the same errors for the same bad files.
 
-Tolerance: |js - torch| <= 1e-5 + 1e-5·|torch| elementwise. links.js computes in float64 and
-rounds once, PyTorch in float32, so the gap is float32 rounding (observed ~1e-7 relative).
+Tolerance: |js - python| <= 1e-5 + 1e-5·|python| elementwise. links.js computes in float64 and
+rounds once, numpy and PyTorch in float32, so the gap is float32 rounding (observed ~1e-7
+relative).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from mlcpatch.training.format_binary import write_binary
-from mlcpatch.training.format_json import write_json
-from mlcpatch.training.link_io import load_links
-from mlcpatch.training.linkfile import AgentInfo, LinkFileError
-from mlcpatch.training.module import LinkSet
-from mlcpatch.training.spec import make_spec
+from mlcpatch.links.binary import write_binary
+from mlcpatch.links.files import load_links
+from mlcpatch.links.forward import Link
+from mlcpatch.links.linkfile import AgentInfo, LinkFileError
+from mlcpatch.links.recursivelink import write_json
+from mlcpatch.links.spec import make_spec
+from mlcpatch.links.torch_module import LinkSet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINKS_JS = ROOT / "web" / "src" / "links.js"
@@ -105,8 +108,9 @@ def test_js_matches_pytorch(
         path = tmp_path / "links"
         write_binary(original.to_file(), path, dtype=fmt.split("-")[1])
         kind = "binary"
-    # PyTorch runs the weights as stored (f16-rounded for binary-f16), exactly like JS does.
-    torch_links = LinkSet.from_file(load_links(path))
+    # Python runs the weights as stored (f16-rounded for binary-f16), exactly like JS does.
+    link_file = load_links(path)
+    torch_links = LinkSet.from_file(link_file)
     rng = np.random.default_rng(7)
     # Rows at several scales: small ones (embedding-sized) make LayerNorm's epsilon matter.
     scales = np.array([[2.0], [2.0], [0.3], [0.05], [0.02], [0.005]])
@@ -121,6 +125,8 @@ def test_js_matches_pytorch(
             expected = torch_links[name](torch.from_numpy(rows)).numpy()
         got = np.asarray(result["outputs"][name], dtype=np.float32).reshape(expected.shape)
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=name)
+        loop_side = Link.from_file(link_file, name)(rows)
+        np.testing.assert_allclose(got, loop_side, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def test_js_reports_the_same_shape_error(driver: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from mlcpatch.links.files import load_links
+from mlcpatch.links.linkfile import LinkFileError
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.training.command import links_command
-from mlcpatch.training.link_io import load_links
-from mlcpatch.training.linkfile import LinkFileError
-from mlcpatch.training.module import LinkSet
 from mlcpatch.training.reference_import import import_reference
 
 GEN = torch.Generator().manual_seed(0)

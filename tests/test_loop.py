@@ -11,14 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from mlcpatch.cli import main
+from mlcpatch.links.files import save_links
+from mlcpatch.links.linkfile import LinkFileError
 from mlcpatch.loop.backends import TorchBackend, open_backend
 from mlcpatch.loop.calibrate import fitted_links
-from mlcpatch.loop.linkfile import load_links
-from mlcpatch.loop.orchestrator import Agent, Settings, run
+from mlcpatch.loop.orchestrator import Agent, Links, Settings, run
 from mlcpatch.loop.patterns import PatternError, builtin_patterns, load_pattern
 from mlcpatch.runtime import Runtime
-from mlcpatch.training.link_io import save_links
-from mlcpatch.training.linkfile import LinkFileError
 
 QUESTION = "What is 3 + 4 * 2?"
 SETTINGS = Settings(rounds=2, latent_steps=3, max_new_tokens=6, text_tokens=5)
@@ -152,25 +151,25 @@ def test_heterogeneous_agents(qwen: Runtime, narrow_llama: pathlib.Path) -> None
 def test_link_files_round_trip_and_are_checked_against_the_models(
     qwen: Runtime, narrow_llama: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
+    from mlcpatch.links.closed_form import closed_form_links
     from mlcpatch.loop.calibrate import samples
-    from mlcpatch.training.closed_form import closed_form_links
 
     pattern, agents = _system("distillation", qwen)
     link_file = closed_form_links([samples(a.role.name, qwen) for a in agents], pattern.handoffs())
     path = tmp_path / "links.json"
     save_links(link_file, path)
     direct = run("latent", pattern, agents, QUESTION, SETTINGS, fitted_links(pattern, agents))
-    loaded = run("latent", pattern, agents, QUESTION, SETTINGS, load_links(path, pattern, agents))
+    loaded = run("latent", pattern, agents, QUESTION, SETTINGS, Links.load(path, pattern, agents))
     assert loaded.answer == direct.answer
     # The same file with a learner of hidden size 48: refused, naming the link and the sizes.
     narrow = open_backend(str(narrow_llama))
     mismatched = [agents[0], Agent(agents[1].role, narrow)]
     with pytest.raises(LinkFileError, match="hidden size 48"):
-        load_links(path, pattern, mismatched)
+        Links.load(path, pattern, mismatched)
     # A link file for another pattern lacks this pattern's links.
     sequential, seq_agents = _system("sequential", qwen)
     with pytest.raises(LinkFileError, match="not in this system"):
-        load_links(path, sequential, seq_agents)
+        Links.load(path, sequential, seq_agents)
 
 
 def test_cli_compare_json(built: Callable[..., pathlib.Path]) -> None:

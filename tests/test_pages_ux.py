@@ -37,10 +37,10 @@ def zero_links(pattern_name: str, width: int, out: pathlib.Path) -> pathlib.Path
     Needs no model, so any width can be written."""
     import numpy as np
 
+    from mlcpatch.links.files import save_links
+    from mlcpatch.links.linkfile import AgentInfo, LinkFile
+    from mlcpatch.links.spec import make_spec
     from mlcpatch.loop.patterns import load_pattern
-    from mlcpatch.training.link_io import save_links
-    from mlcpatch.training.linkfile import AgentInfo, LinkFile
-    from mlcpatch.training.spec import make_spec
 
     pattern = load_pattern(pattern_name)
     specs = [make_spec("inner", a.name, a.name, width, width) for a in pattern.agents]

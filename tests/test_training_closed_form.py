@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlcpatch.training.closed_form import AgentSamples, closed_form_links
+from mlcpatch.links.closed_form import AgentSamples, closed_form_links
+from mlcpatch.links.files import load_links, save_links
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.training.config import build_config, tiny_overrides
-from mlcpatch.training.link_io import load_links, save_links
-from mlcpatch.training.module import LinkSet
 from mlcpatch.training.tiny import tiny_model
 from mlcpatch.training.trainer import Trainer
 

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from mlcpatch.cli import main
+from mlcpatch.links.files import load_links
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.training.checkpoint import checkpoint_path
 from mlcpatch.training.config import build_config, tiny_overrides
-from mlcpatch.training.link_io import load_links
-from mlcpatch.training.module import LinkSet
 from mlcpatch.training.tiny import write_tiny_model
 from mlcpatch.training.trainer import Trainer
 

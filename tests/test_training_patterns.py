@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 
 from mlcpatch.cli import main
+from mlcpatch.links.files import load_links
 from mlcpatch.loop.patterns import builtin_patterns, load_pattern
 from mlcpatch.loop.prompts import MARKER, render
 from mlcpatch.loop.tools import run_tools
 from mlcpatch.training.config import build_config
-from mlcpatch.training.link_io import load_links
 from mlcpatch.training.prompts import tokenize_parts
 from mlcpatch.training.trainer import Trainer, scale_lr
 

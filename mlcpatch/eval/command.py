@@ -23,24 +23,23 @@ from mlcpatch.eval.runner import (
     timed,
     write_json,
 )
-from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
+from mlcpatch.links.binary import MANIFEST_NAME
+from mlcpatch.links.files import FILE_NAMES
+from mlcpatch.links.spec import VARIANTS
+from mlcpatch.loop.calibrate import fitted_links
 from mlcpatch.loop.command import _agents, models_option, pattern_option
-from mlcpatch.loop.linkfile import load_links
 from mlcpatch.loop.orchestrator import Agent, Links, Settings, run, run_single
 from mlcpatch.loop.patterns import Pattern
 
 BASE_MODES = ("single", "text", "latent")
 
 
-LINK_FILE_NAMES = ("links.json", "links.safetensors", "recursivelink.json")
-
-
 def _file_digest(path: Path) -> str:
     """A short hash of a link file's contents (a folder: its link files only, not checkpoints
     or logs), so a resumed run notices when a label now names other links."""
     folder = path if path.is_dir() else path.parent
-    if path.is_dir() or path.name == "links.json":
-        files = [folder / n for n in LINK_FILE_NAMES if (folder / n).is_file()]
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        files = [folder / n for n in FILE_NAMES if (folder / n).is_file()]
     else:
         files = [path]
     digest = hashlib.sha256()
@@ -52,7 +51,7 @@ def _file_digest(path: Path) -> str:
 
 def links_label(path: Path, taken: set[str]) -> str:
     """`latent:<name>`: the folder's name for a folder or links.json, else the file's stem."""
-    name = path.parent.name if path.name == "links.json" else path.stem
+    name = path.parent.name if path.name == MANIFEST_NAME else path.stem
     if path.is_dir():
         name = path.name
     label = f"latent:{name or 'links'}"
@@ -106,7 +105,7 @@ def links_label(path: Path, taken: set[str]) -> str:
 )
 @click.option(
     "--link-form",
-    type=click.Choice(LINK_FORMS),
+    type=click.Choice(VARIANTS),
     default="residual",
     show_default=True,
     help="Form of the closed-form links of the `latent` mode.",
@@ -226,7 +225,7 @@ def eval_command(
             solve = _looped("latent", system, agents, settings, links)
         else:
             path = dict(link_labels)[label]
-            links = timed(f"load {path}", setup, lambda p=path: load_links(p, system, agents))
+            links = timed(f"load {path}", setup, lambda p=path: Links.load(p, system, agents))
             solve = _looped("latent", system, agents, settings, links)
         solvers.append(Mode(label, solve))
     write_json(out / RUN_INFO, info)

@@ -1,6 +1,6 @@
 """Links without training: the trainer's closed-form start, fitted on the agents' own backends.
 
-The closed form itself lives in `mlcpatch.training.closed_form` (ridge regression, packed into the
+The closed form itself lives in `mlcpatch.links.closed_form` (ridge regression, packed into the
 link's form); this module only collects what it needs from a backend, which may be the compiled
 CPU runtime rather than a PyTorch model: hidden states over a bundled text and the embedding table.
 
@@ -16,18 +16,17 @@ from importlib import resources
 
 import numpy as np
 
+from mlcpatch.links.closed_form import AgentSamples, closed_form_links
+from mlcpatch.links.linkfile import LinkFile
+from mlcpatch.links.spec import VARIANTS
 from mlcpatch.loop.backends import ModelBackend
-from mlcpatch.loop.linkfile import links_from_file
 from mlcpatch.loop.orchestrator import Agent, Links, LoopError
 from mlcpatch.loop.patterns import Pattern
 from mlcpatch.loop.prompts import ids_of
-from mlcpatch.training.closed_form import AgentSamples, closed_form_links
-from mlcpatch.training.linkfile import LinkFile
 
 MAX_CALIBRATION_TOKENS = 4096
 CALIBRATION_CHUNK = 512
 EMBED_CHUNK = 4096
-LINK_FORMS = ("residual", "ln-residual")
 
 
 def calibration_text() -> str:
@@ -74,8 +73,8 @@ def closed_form_link_file(
     pattern: Pattern, agents: list[Agent], variant: str = "residual"
 ) -> LinkFile:
     """Closed-form links for every agent and hand-off of the pattern, as a link file."""
-    if variant not in LINK_FORMS:
-        raise ValueError(f"link form must be one of {LINK_FORMS}, not {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"link form must be one of {VARIANTS}, not {variant!r}")
     cache: dict[int, AgentSamples] = {}
     collected = []
     for agent in agents:
@@ -92,6 +91,6 @@ def closed_form_link_file(
 
 def fitted_links(pattern: Pattern, agents: list[Agent], variant: str = "residual") -> Links:
     """Closed-form links ready to run (what `mlcpatch run` uses without --links)."""
-    return links_from_file(
+    return Links.from_file(
         closed_form_link_file(pattern, agents, variant), pattern, agents, "closed-form links"
     )

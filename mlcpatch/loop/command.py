@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
+from mlcpatch.links.spec import VARIANTS
 from mlcpatch.loop.backends import ModelBackend, open_backend
 from mlcpatch.loop.bench import bench, bench_questions, plot
-from mlcpatch.loop.calibrate import LINK_FORMS, fitted_links
+from mlcpatch.loop.calibrate import fitted_links
 from mlcpatch.loop.export_links import save_fitted_links
-from mlcpatch.loop.linkfile import load_links
-from mlcpatch.loop.orchestrator import Agent, LoopError, RunResult, Settings, compare, run
+from mlcpatch.loop.orchestrator import Agent, Links, LoopError, RunResult, Settings, compare, run
 from mlcpatch.loop.patterns import builtin_patterns, load_pattern
 
 models_option = click.option(
@@ -96,7 +96,7 @@ def _print_result(result: RunResult) -> None:
 )
 @click.option(
     "--link-form",
-    type=click.Choice(LINK_FORMS),
+    type=click.Choice(VARIANTS),
     default="residual",
     show_default=True,
     help="Form of the closed-form links (without --links): residual, or the paper's "
@@ -160,7 +160,7 @@ def run_command(
         raise click.UsageError("--save-links writes fitted links; it cannot be used with --links")
     system, agents = _agents(pattern, models)
     results: list[RunResult] = []
-    links = load_links(link_file, system, agents) if link_file else None
+    links = Links.load(link_file, system, agents) if link_file else None
     if save_links:
         written, links = save_fitted_links(system, agents, save_links, link_form)
         click.echo(f"links written to {written}", err=True)
@@ -193,7 +193,7 @@ def run_command(
 @click.option("--links", "link_file", type=click.Path(exists=True))
 @click.option(
     "--link-form",
-    type=click.Choice(LINK_FORMS),
+    type=click.Choice(VARIANTS),
     default="residual",
     show_default=True,
     help="Form of the closed-form links used without --links.",
@@ -234,7 +234,7 @@ def bench_command(
     settings = Settings(max(round_list), latent_steps, max_new_tokens, text_tokens)
     system, agents = _agents(pattern, models)
     links = (
-        load_links(link_file, system, agents)
+        Links.load(link_file, system, agents)
         if link_file
         else fitted_links(system, agents, link_form)
     )

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pathlib
 
+from mlcpatch.links.files import save_links
 from mlcpatch.loop.calibrate import closed_form_link_file
-from mlcpatch.loop.linkfile import links_from_file
 from mlcpatch.loop.orchestrator import Agent, Links
 from mlcpatch.loop.patterns import Pattern
-from mlcpatch.training.link_io import save_links
 
 
 def save_fitted_links(
@@ -24,4 +23,4 @@ def save_fitted_links(
     links.safetensors; a .safetensors; a recursivelink .json) and return them ready to run."""
     link_file = closed_form_link_file(pattern, agents, variant)
     written = save_links(link_file, pathlib.Path(path))
-    return written, links_from_file(link_file, pattern, agents, str(written))
+    return written, Links.from_file(link_file, pattern, agents, str(written))

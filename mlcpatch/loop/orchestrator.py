@@ -15,12 +15,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from mlcpatch.errors import MlcpatchError
+from mlcpatch.links.files import load_links
+from mlcpatch.links.forward import Link
+from mlcpatch.links.linkfile import LinkFile, LinkFileError
 from mlcpatch.loop.backends import ModelBackend
-from mlcpatch.loop.links import Link
 from mlcpatch.loop.patterns import AgentRole, Pattern
 from mlcpatch.loop.prompts import latent_input, render, text_input
 from mlcpatch.loop.tools import run_tools
@@ -62,6 +65,29 @@ class Agent:
 class Links:
     inner: dict[str, Link]  # agent name -> link
     outer: dict[tuple[str, str], Link]  # (sender, receiver) -> link
+
+    @classmethod
+    def from_file(
+        cls, link_file: LinkFile, pattern: Pattern, agents: list[Agent], source: str
+    ) -> Links:
+        """The file's links for this pattern, checked against the models they run with."""
+        link_file.check_models({a.role.name: a.backend.hidden_size for a in agents}, source)
+
+        def make(kind: str, src: str, dst: str) -> Link:
+            spec = link_file.find(kind, src, dst)
+            if spec is None:
+                inner_what = f"inner link for agent {src!r}"
+                what = inner_what if kind == "inner" else f"outer link {src}->{dst}"
+                raise LinkFileError(f"{source}: no {what} (pattern {pattern.name})")
+            return Link.from_file(link_file, spec.name)
+
+        inner = {a.role.name: make("inner", a.role.name, a.role.name) for a in agents}
+        outer = {(s, r): make("outer", s, r) for s, r in pattern.handoffs()}
+        return cls(inner, outer)
+
+    @classmethod
+    def load(cls, path: str | Path, pattern: Pattern, agents: list[Agent]) -> Links:
+        return cls.from_file(load_links(Path(path)), pattern, agents, str(path))
 
 
 @dataclass

@@ -1,14 +1,17 @@
-"""Link files given with --links: checked to be what their name says before they are published."""
+"""Link files given with --links: checked to be what their name says before they are published.
+
+Reading and checking are mlcpatch.links' own; this module only turns their errors into
+publishing's and the files into payloads.
+"""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
+from mlcpatch.links.binary import read_safetensors_header
+from mlcpatch.links.linkfile import LinkFileError, read_json_file
 from mlcpatch.publish.errors import ArtifactError
 from mlcpatch.publish.payload import Payload
-from mlcpatch.training.format_binary import read_safetensors_header
-from mlcpatch.training.linkfile import LinkFileError
 
 
 def _check_safetensors(path: pathlib.Path) -> None:
@@ -23,12 +26,11 @@ def _check_safetensors(path: pathlib.Path) -> None:
 
 
 def _check_json(path: pathlib.Path) -> None:
+    # The link reader's JSON parse, whose errors already name the file and the fault.
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
-    except RecursionError as exc:
-        raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from exc
+        read_json_file(path)
+    except LinkFileError as err:
+        raise ArtifactError(str(err)) from None
 
 
 def collect_links(paths: list[pathlib.Path]) -> list[Payload]:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import torch
 
+from mlcpatch.links.spec import VARIANTS
 from mlcpatch.training.config import build_config, tiny_overrides
 from mlcpatch.training.trainer import Trainer
 
@@ -79,7 +80,7 @@ def benchmark(overrides: dict[str, Any], steps: int = 10) -> dict[str, Any]:
 
 @click.command()
 @click.option("--model", "models", multiple=True, help="Backbones (default: the tiny pair).")
-@click.option("--variant", type=click.Choice(["residual", "ln-residual"]), default="residual")
+@click.option("--variant", type=click.Choice(VARIANTS), default="residual")
 @click.option("--rounds", type=int, default=2, show_default=True)
 @click.option("--latent-steps", type=int, default=4, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mlcpatch.errors import Group, MlcpatchError
+from mlcpatch.links.spec import VARIANTS
 
 
 @click.command("train")
@@ -53,7 +54,7 @@ from mlcpatch.errors import Group, MlcpatchError
 @click.option("--max-new-tokens", type=int, help="Answer budget when validating (default 12).")
 @click.option("--rounds", type=int, help="Rounds R of the whole pattern (default 2).")
 @click.option("--latent-steps", type=int, help="Latent steps m per agent turn (default 4).")
-@click.option("--variant", type=click.Choice(["residual", "ln-residual"]))
+@click.option("--variant", type=click.Choice(VARIANTS))
 @click.option("--bottleneck", type=int, help="Width of the W1/W2 layer (default per variant).")
 @click.option("--stage", type=click.Choice(["inner", "outer", "both"]))
 @click.option("--inner-steps", type=int, help="Stage 1 optimiser steps (default 100).")
@@ -163,7 +164,7 @@ def links_convert_command(
     source: pathlib.Path, target: pathlib.Path, fmt: str | None, dtype: str
 ) -> None:
     """Convert SOURCE to TARGET, validating every name and shape on the way."""
-    from mlcpatch.training.link_io import convert_links
+    from mlcpatch.links.files import convert_links
 
     try:
         written = convert_links(source, target, fmt=fmt, dtype=dtype)
@@ -177,7 +178,7 @@ def links_convert_command(
 @click.argument("path", type=click.Path(exists=True, path_type=pathlib.Path))
 def links_inspect_command(path: pathlib.Path) -> None:
     """Validate a link file and list its links."""
-    from mlcpatch.training.link_io import load_links
+    from mlcpatch.links.files import load_links
 
     link_file = load_links(path)
     for agent in link_file.agents:
@@ -208,7 +209,7 @@ def links_import_command(
     dtype: str,
 ) -> None:
     """Import a reference RecursiveMAS adapter state dict (.pt) as a link file."""
-    from mlcpatch.training.link_io import output_format, save_links
+    from mlcpatch.links.files import output_format, save_links
     from mlcpatch.training.reference_import import import_reference
 
     link_file = import_reference(checkpoint, source_agent, target_agent, adapter_type)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pathlib
 
-from mlcpatch.training.closed_form import closed_form_links, samples_from_model
-from mlcpatch.training.link_io import load_links
-from mlcpatch.training.linkfile import AgentInfo
-from mlcpatch.training.module import LinkSet
-from mlcpatch.training.spec import LinkSpec
+from mlcpatch.links.closed_form import closed_form_links, samples_from_model
+from mlcpatch.links.files import load_links
+from mlcpatch.links.linkfile import AgentInfo
+from mlcpatch.links.spec import LinkSpec
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.training.unroll import Agent
 
 

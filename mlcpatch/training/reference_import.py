@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
-from mlcpatch.training.spec import LinkSpec, inner_link_name, outer_link_name
+from mlcpatch.links.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.links.spec import LinkSpec, inner_link_name, outer_link_name
 
 _ANCHOR = "proj1.weight"
 _RESIDUAL_INNER_TYPES = {"res_adapter", "2layer_res"}

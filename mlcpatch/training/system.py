@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlcpatch.errors import MlcpatchError
+from mlcpatch.links.spec import VARIANTS, LinkSpec, check_name, make_spec
 from mlcpatch.loop.patterns import AgentRole, Pattern
-from mlcpatch.training.spec import VARIANTS, LinkSpec, check_name, make_spec
 
 LATENT_SLOT = "{latent}"
 QUESTION_SLOT = "{question}"

@@ -19,15 +19,17 @@ import torch
 from tqdm.auto import tqdm
 
 from mlcpatch.eval.grading import grade, infer_grader
+from mlcpatch.links.binary import WEIGHTS_NAME
+from mlcpatch.links.files import save_links
+from mlcpatch.links.recursivelink import FILE_NAME as JSON_NAME
+from mlcpatch.links.spec import LinkSpec
 from mlcpatch.training.backbones import BackbonePool, fingerprint
 from mlcpatch.training.batches import BatchSchedule
 from mlcpatch.training.checkpoint import TrainingState, load_state, save_state
 from mlcpatch.training.config import TrainConfig
 from mlcpatch.training.data import DataError, Example, load_builtin, load_jsonl, split_examples
 from mlcpatch.training.init_links import initial_links
-from mlcpatch.training.link_io import save_links
 from mlcpatch.training.prompts import training_text
-from mlcpatch.training.spec import LinkSpec
 from mlcpatch.training.unroll import Agent, LatentSystem
 
 
@@ -444,9 +446,9 @@ class Trainer:
             return []
         link_file = module.links.to_file()
         files = [save_links(link_file, self.out, fmt="binary", dtype=self.config.export_dtype)]
-        files.append(self.out / "links.safetensors")
+        files.append(self.out / WEIGHTS_NAME)
         if self.config.export_json:
-            files.append(save_links(link_file, self.out / "recursivelink.json", fmt="json"))
+            files.append(save_links(link_file, self.out / JSON_NAME, fmt="json"))
         (self.out / "train_config.json").write_text(json.dumps(self.config.to_json(), indent=2))
         for path in files:
             self.log(f"wrote {path}")

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mlcpatch.links.spec import inner_link_name, outer_link_name
+from mlcpatch.links.torch_module import LinkSet
 from mlcpatch.loop.patterns import AgentRole
 from mlcpatch.training.backbones import Backbone
-from mlcpatch.training.module import LinkSet
 from mlcpatch.training.prompts import PromptCache, answer_ids, training_text
-from mlcpatch.training.spec import inner_link_name, outer_link_name
 from mlcpatch.training.system import SystemConfig
 
 

@@ -4,7 +4,7 @@
 //   residual:     R(h) = W3·h + W2·σ(W1·h + b1) + b2            (W3 = identity for inner links)
 //   ln-residual:  R(h) = LN_out(W3·h + W2·σ(W1·LN_in(h) + b1) + b2)
 //
-// Names, shapes and checks mirror mlcpatch/training/spec.py and linkfile.py, so a file that
+// Names, shapes and checks mirror mlcpatch/links/ (spec.py, linkfile.py), so a file that
 // loads in Python loads here with the same meaning, and a bad one fails with the same message.
 // Arithmetic is done in float64 and rounded to float32 once per output: outputs match PyTorch's
 // float32 modules to about 1e-6 relative (the parity test allows 1e-5).

@@ -139,7 +139,7 @@ export class LoopHost {
             "and pick it here",
         );
       }
-      // What Python's links_from_file checks first: each link's agents and sizes vs the models.
+      // What Python's Links.from_file checks first: each link's agents and sizes vs the models.
       const sizes = Object.fromEntries(agents.map((a) => [a.role.name, a.engine.hiddenSize]));
       this.links.check(sizes, `link file ${this.linksSource}`);
       links = this.links;

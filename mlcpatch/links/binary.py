@@ -12,14 +12,14 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from mlcpatch.training.linkfile import (
+from mlcpatch.links.linkfile import (
     AgentInfo,
     LinkFile,
     LinkFileError,
     parse_json,
     read_json_file,
 )
-from mlcpatch.training.spec import LinkSpec, LinkSpecError, default_hidden_width
+from mlcpatch.links.spec import LinkSpec, LinkSpecError, default_hidden_width
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "links.json"

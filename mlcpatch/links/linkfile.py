@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.spec import LinkSpec, LinkSpecError, check_name
+from mlcpatch.errors import MlcpatchError
+from mlcpatch.links.spec import LinkSpec, LinkSpecError, check_name
 
 
-class LinkFileError(ValueError):
+class LinkFileError(MlcpatchError, ValueError):
     """A link file is malformed or does not match what it is paired with; the message says where."""
 
 
@@ -77,6 +78,13 @@ class LinkFile:
             if spec.name == name:
                 return spec
         raise LinkFileError(f"no link named {name!r}; have {[s.name for s in self.links]}")
+
+    def find(self, kind: str, source: str, target: str) -> LinkSpec | None:
+        """The link of this kind from `source` to `target`, whatever its name."""
+        for spec in self.links:
+            if (spec.kind, spec.source, spec.target) == (kind, source, target):
+                return spec
+        return None
 
     def params(self, name: str) -> dict[str, np.ndarray]:
         spec = self.link(name)

@@ -1,4 +1,6 @@
-"""The two link forms as PyTorch modules, with parameters named exactly as in the link files."""
+"""The two link forms as PyTorch modules (the trainer's), with parameters named exactly as in the
+link files. Built from the same LinkSpec as the numpy forms (`forward.py`) and held to the same
+outputs by tests/test_links_contract.py. Imported only where torch is installed."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
-from mlcpatch.training.spec import LN_EPS, LinkSpec
+from mlcpatch.links.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.links.spec import LN_EPS, LinkSpec
 
 
 def activation(x: torch.Tensor, name: str) -> torch.Tensor:

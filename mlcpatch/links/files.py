@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pathlib
 
-from mlcpatch.training.format_binary import MANIFEST_NAME, read_binary, write_binary
-from mlcpatch.training.format_json import read_json, write_json
-from mlcpatch.training.linkfile import LinkFile, LinkFileError, read_json_file
+from mlcpatch.links.binary import MANIFEST_NAME, WEIGHTS_NAME, read_binary, write_binary
+from mlcpatch.links.linkfile import LinkFile, LinkFileError, read_json_file
+from mlcpatch.links.recursivelink import FILE_NAME as JSON_NAME
+from mlcpatch.links.recursivelink import read_json, write_json
 
 FORMATS = ("json", "binary")
+# What a folder of links holds under the conventional names (the trainer writes all three).
+FILE_NAMES = (MANIFEST_NAME, WEIGHTS_NAME, JSON_NAME)
 
 
 def detect_format(path: pathlib.Path) -> str:

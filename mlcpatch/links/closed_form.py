@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError
-from mlcpatch.training.spec import LN_EPS, LinkSpec, make_spec
+from mlcpatch.links.forward import layer_norm
+from mlcpatch.links.linkfile import AgentInfo, LinkFile, LinkFileError
+from mlcpatch.links.spec import LinkSpec, make_spec
 
 # GELU(x) = x·Φ(x) differs from x by < 1e-8 for x >= 6; inputs are shifted by _SHIFT and scaled
 # to about ±_SPREAD so they stay in that regime for all but far outliers.
@@ -65,12 +66,6 @@ def rescale_to_targets(
     wanted = np.linalg.norm(y, axis=1).mean()
     scale = wanted / predicted if predicted > 0 else 1.0
     return m * scale, c * scale
-
-
-def layer_norm(x: np.ndarray) -> np.ndarray:
-    mean = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + LN_EPS)
 
 
 def _pack_linear(

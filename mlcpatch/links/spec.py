@@ -1,7 +1,8 @@
 """What a link is, independent of any framework: its metadata and the shapes its tensors must have.
 
-Every reader and writer (PyTorch module, JSON, safetensors, reference import, the JS module)
-derives names and shapes from here, so the formats cannot drift apart.
+Every reader and writer (numpy forward, PyTorch module, JSON, safetensors, reference import)
+derives names, forms and shapes from here, so the formats cannot drift apart; web/src/links.js
+repeats these rules and tests/test_links_js_parity.py holds it to them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlcpatch.errors import MlcpatchError
+
+# The link forms of docs/DESIGN.md ("variant" in the files).
 VARIANTS = ("residual", "ln-residual")
 KINDS = ("inner", "outer")
 ACTIVATIONS = ("gelu", "gelu_tanh")
@@ -20,7 +24,7 @@ DEFAULT_BOTTLENECK = 256
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class LinkSpecError(ValueError):
+class LinkSpecError(MlcpatchError, ValueError):
     """A link's metadata is inconsistent (unknown variant, bad name, impossible dimensions)."""
 
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from mlcpatch.training.linkfile import AgentInfo, LinkFile, LinkFileError, read_json_file
-from mlcpatch.training.spec import LinkSpec, LinkSpecError
+from mlcpatch.links.linkfile import AgentInfo, LinkFile, LinkFileError, read_json_file
+from mlcpatch.links.spec import LinkSpec, LinkSpecError
 
+# The name the trainer writes it under; any .json path is read.
+FILE_NAME = "recursivelink.json"
 JSON_VERSION = 2
 _GELU_FLAG = {"gelu": "erf", "gelu_tanh": "tanh"}
 _FROM_GELU_FLAG = {"erf": "gelu", "tanh": "gelu_tanh"}
