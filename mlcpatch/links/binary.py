@@ -152,17 +152,7 @@ def _spec_from_entry(
             entry["variant"], entry["kind"], entry["in_dim"], entry["out_dim"]
         )
     try:
-        return LinkSpec(
-            name=name,
-            kind=entry["kind"],
-            source=entry["from"],
-            target=entry["to"],
-            variant=entry["variant"],
-            in_dim=entry["in_dim"],
-            out_dim=entry["out_dim"],
-            hidden=hidden,
-            activation=entry.get("activation", "gelu"),
-        )
+        return LinkSpec.from_manifest_entry(entry, hidden)
     except LinkSpecError as err:
         raise LinkFileError(f"{source}: {err}") from err
 

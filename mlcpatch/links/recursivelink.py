@@ -147,17 +147,7 @@ def from_json_dict(data: Any, source: str) -> LinkFile:
                 hidden = entry.get(
                     "hidden", int(w1.shape[0]) if w1 is not None and w1.ndim == 2 else 0
                 )
-                spec = LinkSpec(
-                    name=entry["name"],
-                    kind=entry["kind"],
-                    source=entry["from"],
-                    target=entry["to"],
-                    variant=entry["variant"],
-                    in_dim=entry["in_dim"],
-                    out_dim=entry["out_dim"],
-                    hidden=hidden,
-                    activation=entry.get("activation", "gelu"),
-                )
+                spec = LinkSpec.from_manifest_entry(entry, hidden)
             else:
                 spec = _legacy_spec(index, entry, params, data)
         except LinkSpecError as err:

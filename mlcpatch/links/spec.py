@@ -132,6 +132,23 @@ class LinkSpec:
             "activation": data["activation"],
         }
 
+    @classmethod
+    def from_manifest_entry(cls, entry: dict[str, Any], hidden: int) -> LinkSpec:
+        """The inverse of `manifest_entry` (both file formats use these field names); the
+        caller has checked the required fields are there and settles ``hidden``, whose
+        fallback differs between formats."""
+        return cls(
+            name=entry["name"],
+            kind=entry["kind"],
+            source=entry["from"],
+            target=entry["to"],
+            variant=entry["variant"],
+            in_dim=entry["in_dim"],
+            out_dim=entry["out_dim"],
+            hidden=hidden,
+            activation=entry.get("activation", "gelu"),
+        )
+
 
 def inner_link_name(agent: str) -> str:
     return f"inner_{agent}"
