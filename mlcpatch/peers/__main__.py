@@ -1,0 +1,5 @@
+import sys
+
+from mlcpatch.peers.main import main
+
+sys.exit(main())
