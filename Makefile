@@ -10,7 +10,7 @@ TARGET ?= llvm
 OUT ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: setup system toolchain test test-fast test-slow lint format build demo train-demo eval-demo serve bench bench-webgpu web-assets clean
+.PHONY: setup system toolchain test test-fast test-slow lint format build demo train-demo eval-demo serve bench bench-webgpu bench-peers bench-browser-peers web-assets clean
 
 setup: system $(STAMP) toolchain
 
@@ -113,6 +113,22 @@ bench: setup
 bench-webgpu: setup
 	mkdir -p bench
 	$(BIN)/python tests/webgpu_bench.py --json bench/webgpu.json
+
+# Our CPU build (SmolLM2-135M q0f32 and q4f32_1) against transformers and llama.cpp, same prompt
+# and threads: prefill/decode tok/s, peak RSS, load time, bandwidth limit. The first run builds
+# llama-cpp-python from source into ~/.cache/mlcpatch/bench-peers/ (minutes; once).
+PEERS_THREADS ?= $(shell nproc)
+PEERS_QUANTS ?= q0f32 q4f32_1
+bench-peers: setup
+	mkdir -p bench
+	@for q in $(PEERS_QUANTS); do \
+		test -f $(OUT)/smollm2-135m-$$q/manifest.json || \
+		$(BIN)/mlcpatch build --arch llama --model pypi:smollm2-135m --quant $$q --target llvm \
+			--out $(OUT)/smollm2-135m-$$q --quiet || exit 1; \
+	done
+	$(BIN)/python -m mlcpatch.peers --threads $(PEERS_THREADS) \
+		$(foreach q,$(PEERS_QUANTS),--artifact $(OUT)/smollm2-135m-$(q)) \
+		--json bench/peers.json --png bench/peers.png
 
 # Re-export the loop's patterns and notes as JSON for the playground (tests check they are current).
 web-assets: setup
