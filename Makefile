@@ -130,6 +130,18 @@ bench-peers: setup
 		$(foreach q,$(PEERS_QUANTS),--artifact $(OUT)/smollm2-135m-$(q)) \
 		--json bench/peers.json --png bench/peers.png
 
+# In headless Chromium: wllama (llama.cpp in wasm, on the same SmolLM2 Q4_1 GGUF) against our
+# wasm CPU build and, for reference, our WebGPU build (SwiftShader without a GPU: few tokens).
+BROWSER_PEERS_OUT ?= $(OUT)/smollm2-135m-q4f32_1-browser
+BROWSER_PEERS_TARGET ?= llvm,webgpu
+bench-browser-peers: setup
+	mkdir -p bench
+	test -f $(BROWSER_PEERS_OUT)/manifest.json || \
+		$(BIN)/mlcpatch build --arch llama --model pypi:smollm2-135m --quant q4f32_1 \
+			--target $(BROWSER_PEERS_TARGET) --out $(BROWSER_PEERS_OUT) --quiet
+	$(BIN)/python tests/browser_peers_bench.py --artifact $(BROWSER_PEERS_OUT) \
+		--threads $(PEERS_THREADS) --json bench/browser-peers.json --png bench/browser-peers.png
+
 # Re-export the loop's patterns and notes as JSON for the playground (tests check they are current).
 web-assets: setup
 	$(BIN)/python -m mlcpatch.loop.web_assets

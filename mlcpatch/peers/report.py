@@ -18,14 +18,14 @@ class ReportError(MlcpatchError, ValueError):
 ROW_FIELDS = ("prefill_tok_s", "decode_tok_s", "decode_limit_tok_s", "peak_rss_mib", "load_s")
 
 
-def _check(results: dict[str, Any]) -> list[dict[str, Any]]:
+def _check(results: dict[str, Any], fields: tuple[str, ...] = ROW_FIELDS) -> list[dict[str, Any]]:
     legs = results.get("legs")
     if not isinstance(legs, list) or not legs:
         raise ReportError("no engine results to report")
     for leg in legs:
         if "error" in leg or "skipped" in leg:
             continue
-        missing = [f for f in ("engine", *ROW_FIELDS) if f not in leg]
+        missing = [f for f in ("engine", *fields) if f not in leg]
         if missing:
             raise ReportError(f"leg {leg.get('engine', '?')}: missing {', '.join(missing)}")
     return legs
@@ -43,8 +43,10 @@ def _replace_atomically(path: pathlib.Path, write: Any) -> None:
             os.unlink(tmp)
 
 
-def write_json(path: pathlib.Path, results: dict[str, Any]) -> None:
-    _check(results)
+def write_json(
+    path: pathlib.Path, results: dict[str, Any], fields: tuple[str, ...] = ROW_FIELDS
+) -> None:
+    _check(results, fields)
     text = json.dumps(results, indent=2) + "\n"
     _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
@@ -69,9 +71,24 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_png(path: pathlib.Path, results: dict[str, Any], title: str) -> None:
-    """Four panels: prefill, decode (with each engine's bandwidth limit), peak RSS, load time."""
-    legs = [leg for leg in _check(results) if "error" not in leg and "skipped" not in leg]
+CPU_PANELS = (
+    ("prefill (tok/s)", "prefill_tok_s"),
+    ("decode (tok/s); outline: bandwidth limit", "decode_tok_s"),
+    ("peak RSS (MiB)", "peak_rss_mib"),
+    ("load (s)", "load_s"),
+)
+
+
+def write_png(
+    path: pathlib.Path,
+    results: dict[str, Any],
+    title: str,
+    panels: tuple[tuple[str, str], ...] = CPU_PANELS,
+) -> None:
+    """One bar panel per (label, field), an engine per bar; where the legs carry
+    ``decode_limit_tok_s``, the decode panel outlines it."""
+    fields = tuple(key for _, key in panels)
+    legs = [leg for leg in _check(results, fields) if "error" not in leg and "skipped" not in leg]
     if not legs:
         raise ReportError("every engine failed or was skipped: nothing to draw")
     import matplotlib
@@ -81,17 +98,11 @@ def write_png(path: pathlib.Path, results: dict[str, Any], title: str) -> None:
 
     names = [leg["engine"] for leg in legs]
     xs = list(range(len(legs)))
-    fig, axes = plt.subplots(1, 4, figsize=(4.2 * 4, 4.6))
-    panels = [
-        ("prefill (tok/s)", "prefill_tok_s"),
-        ("decode (tok/s); outline: bandwidth limit", "decode_tok_s"),
-        ("peak RSS (MiB)", "peak_rss_mib"),
-        ("load (s)", "load_s"),
-    ]
-    for ax, (label, key) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    for ax, (label, key) in zip(axes[0], panels, strict=True):
         values = [leg[key] for leg in legs]
         ax.bar(xs, values, color=[f"C{i}" for i in xs])
-        if key == "decode_tok_s":
+        if key == "decode_tok_s" and all("decode_limit_tok_s" in leg for leg in legs):
             limits = [leg["decode_limit_tok_s"] for leg in legs]
             ax.bar(xs, limits, fill=False, edgecolor="black", linestyle="--", linewidth=1)
         for x, v in zip(xs, values, strict=True):
