@@ -172,3 +172,37 @@ def test_ours_and_transformers_legs_on_a_tiny_model(built, tiny_hf) -> None:
     assert ours["output_ids"] == peer["output_ids"]
     assert ours["tokens_matching_transformers"] == 7
     assert ours["weight_bytes"] == peer["weight_bytes"]
+
+
+def test_browser_bench_reports_a_missing_wasm_library_as_not_built() -> None:
+    """No browser starts: the leg is decided from the artifact's model_lib alone."""
+    import argparse
+
+    from browser_peers_bench import one_leg
+
+    args = argparse.Namespace(libraries={"llvm": "m-cpu.so", "webgpu": "m-webgpu.wasm"})
+    result = one_leg("ours-wasm", "http://127.0.0.1:1/", "/artifacts/m/", "text", args)
+    assert result["engine"] == "ours (wasm CPU)"
+    assert result["skipped"].startswith("not built")
+    assert "llvm, webgpu" in result["skipped"] and "--target wasm" in result["skipped"]
+
+
+def test_browser_bench_stages_the_artifact_and_the_gguf_in_one_served_folder(
+    tmp_path: pathlib.Path,
+) -> None:
+    from browser_peers_bench import GGUF_NAME, stage
+
+    artifact = tmp_path / "src" / "model-q4f32_1"
+    (artifact / "source").mkdir(parents=True)
+    (artifact / "mlc-chat-config.json").write_text("{}")
+    (artifact / "source" / "model.py").write_text("# definition")
+    gguf = tmp_path / "weights.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(16)))
+    root = tmp_path / "served"
+    root.mkdir()
+    folder = stage(artifact, gguf, root)
+    assert folder == root / "model-q4f32_1"
+    assert (folder / "mlc-chat-config.json").read_text() == "{}"
+    assert (folder / "source" / "model.py").read_text() == "# definition"
+    assert (folder / GGUF_NAME).read_bytes() == gguf.read_bytes()
+    assert sorted(p.name for p in artifact.iterdir()) == ["mlc-chat-config.json", "source"]
