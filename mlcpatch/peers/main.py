@@ -138,6 +138,7 @@ def run_benchmark(
         raise PeerBenchError(f"transformers needs an HF model folder, got {hf_model}")
     if "llama.cpp" in engines and (gguf is None or not gguf.is_file()):
         raise PeerBenchError(f"llama.cpp needs a GGUF file, got {gguf}")
+    load_at_start = os.getloadavg()
     tokenizer_folder = artifacts[0] if artifacts else hf_model
     assert tokenizer_folder is not None
     prompt_ids = chat_prompt_ids(tokenizer_folder, prompt)
@@ -185,6 +186,8 @@ def run_benchmark(
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            # Other processes move every figure: the 1/5/15-minute load averages say how busy.
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
         },
         "inputs": {
@@ -193,6 +196,13 @@ def run_benchmark(
             "gguf": str(gguf) if gguf else None,
             "llama_cpp_python": llama_env.LLAMA_CPP_PYTHON,
         },
+        "notes": [
+            "load_s: engine construction only (imports excluded); ours includes the sha256 "
+            "check of every artifact file (Runtime(verify=True), what mlcpatch run does)",
+            "decode_limit_tok_s: bandwidth.used_gb_s / weight_bytes (every weight read once "
+            "per step)",
+            "peak_rss_mib includes the interpreter and libraries (base_rss_mib, before load)",
+        ],
         "legs": legs,
     }
 
