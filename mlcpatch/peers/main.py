@@ -197,8 +197,8 @@ def run_benchmark(
             "llama_cpp_python": llama_env.LLAMA_CPP_PYTHON,
         },
         "notes": [
-            "load_s: engine construction only (imports excluded); ours includes the sha256 "
-            "check of every artifact file (Runtime(verify=True), what mlcpatch run does)",
+            "load_s: engine construction only (imports excluded), without our sha256 check of "
+            "the artifact's files, which mlcpatch run adds and verify_s times",
             "decode_limit_tok_s: bandwidth.used_gb_s / weight_bytes (every weight read once "
             "per step)",
             "peak_rss_mib includes the interpreter and libraries (base_rss_mib, before load)",
