@@ -50,8 +50,13 @@ def main() -> None:
     )
     load = time.perf_counter() - start
 
+    n_vocab = llm.n_vocab()
+
     def last_argmax() -> int:
-        return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # Without logits_all, Llama.eval keeps no scores: read the last position's logits from
+        # the context (the argmax is what llama.cpp's greedy sampler picks too).
+        logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(n_vocab,))))
 
     prefills = []
     first = 0
