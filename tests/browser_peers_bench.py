@@ -95,8 +95,15 @@ OURS_JS = """async ([url, prompt, tokens, repeats, options]) => {
     decodes.push(performance.now() - s);
     e.dispose(); l.dispose();
   }
-  const out = { loadMs, timings: engine.loadTimings, promptTokens: ids.length, prefills, decodes,
-                deviceKind: engine.deviceKind ?? null, libraryName: engine.libraryName ?? null };
+  let adapter = null;
+  if (options.device !== 'cpu' && navigator.gpu) {
+    const a = await navigator.gpu.requestAdapter();
+    const info = a ? [a.info.vendor, a.info.architecture, a.info.description] : [];
+    adapter = info.filter(Boolean).join(' ') || null;
+  }
+  const out = { adapter, loadMs, timings: engine.loadTimings, promptTokens: ids.length,
+                prefills, decodes, deviceKind: engine.deviceKind ?? null,
+                libraryName: engine.libraryName ?? null };
   engine.dispose();
   return out;
 }"""
@@ -160,6 +167,7 @@ def ours_leg(
         "decode_tokens": tokens,
         "decode_tok_s": 1000 / _median(raw["decodes"]),
         "device_kind": raw["deviceKind"],
+        "webgpu_adapter": raw["adapter"],
         "library": raw["libraryName"],
         "load_timings_ms": raw["timings"],
     }

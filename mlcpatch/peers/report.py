@@ -111,6 +111,13 @@ def write_png(
         ax.set_xticks(xs)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    absent = [
+        f"{leg['engine']}: {leg.get('error') or leg['skipped']}"
+        for leg in results["legs"]
+        if "error" in leg or "skipped" in leg
+    ]
+    if absent:
+        fig.text(0.01, 0.01, "not shown: " + "; ".join(absent)[:220], fontsize=8, color="dimgray")
+    fig.tight_layout(rect=(0, 0.05 if absent else 0, 1, 1))
     _replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
