@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    # VmHWM for the peak, not ru_maxrss, which Linux carries across exec from the parent.
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise OSError(f"/proc/self/status has no {field}")
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def main() -> None:
                 "decode_tokens": args.decode_tokens,
                 "decode_tok_s": 1.0 / statistics.median(steps) if steps else 0.0,
                 "output_ids": output,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": _rss_mib("VmHWM"),
             }
         )
     )

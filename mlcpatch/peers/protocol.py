@@ -8,7 +8,7 @@ it repeats the few lines below instead of importing them; keep the two in step.
 - ``prefill_tok_s``: prompt tokens / median time of ``repeats`` prefills, each on a fresh sequence;
 - ``decode_tok_s``: 1 / median time of one greedy decode step (``decode_tokens`` steps after the
   prompt), so a slow step caused by another process on the machine weighs little;
-- ``peak_rss_mib``: the process's peak resident memory (``ru_maxrss``), ``base_rss_mib`` the RSS
+- ``peak_rss_mib``: the process's peak resident memory (``VmHWM``), ``base_rss_mib`` the RSS
   just before loading (interpreter and libraries: torch alone is several hundred MiB);
 - ``weight_bytes``: bytes of weights the engine holds, which a decode step reads once;
 - ``output_ids``: the greedy tokens, so the legs can be compared for agreement.
@@ -16,7 +16,6 @@ it repeats the few lines below instead of importing them; keep the two in step.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -37,16 +36,22 @@ LEG_FIELDS = (
 )
 
 
-def current_rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def current_rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process image's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that across
+    exec, so a leg would report the benchmark's own peak whenever it was the larger."""
+    return _status_mib("VmHWM")
 
 
 def measure(
