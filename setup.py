@@ -25,9 +25,14 @@ NPM_HINT = "run `make system` (or `npm ci` in web/) before building the wheel"
 
 
 def npm_packages(web: pathlib.Path) -> dict[str, str]:
-    """Folder under web/ -> version, for every package of web/package-lock.json."""
+    """Folder under web/ -> version, for every package of web/package-lock.json that the page
+    imports: devDependencies (the browser benchmark's peers, e.g. wllama) stay out of the wheel."""
     lock = json.loads((web / "package-lock.json").read_text("utf-8"))
-    return {path: info["version"] for path, info in lock["packages"].items() if path}
+    return {
+        path: info["version"]
+        for path, info in lock["packages"].items()
+        if path and not info.get("dev")
+    }
 
 
 def missing_npm_packages(web: pathlib.Path) -> list[str]:

@@ -93,6 +93,8 @@ def _fake_root(tmp_path: pathlib.Path, installed: dict[str, str]) -> pathlib.Pat
             "": {"name": "page"},
             "node_modules/@scope/runtime": {"version": "1.0.0"},
             "node_modules/helper": {"version": "2.0.0"},
+            # A devDependency (the browser benchmark's peers): never required, never shipped.
+            "node_modules/bench-peer": {"version": "3.0.0", "dev": True},
         }
     }
     (web / "package-lock.json").write_text(json.dumps(lock))
@@ -118,7 +120,8 @@ def test_wheel_build_refuses_a_web_page_without_its_npm_packages(tmp_path: pathl
 
 def test_wheel_build_copies_the_data_folders(tmp_path: pathlib.Path) -> None:
     setup_py = _setup_py()
-    root = _fake_root(tmp_path, {"@scope/runtime": "1.0.0", "helper": "2.0.0"})
+    installed = {"@scope/runtime": "1.0.0", "helper": "2.0.0", "bench-peer": "3.0.0"}
+    root = _fake_root(tmp_path, installed)
     out = tmp_path / "out"
     (out / "web").mkdir(parents=True)
     (out / "web" / "stale.js").write_text("from an earlier build")
