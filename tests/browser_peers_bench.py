@@ -36,6 +36,7 @@ from mlcpatch.peers.report import write_json, write_png
 
 DEFAULT_ARTIFACT = pathlib.Path("artifacts/smollm2-135m-q4f32_1-browser")
 GGUF_NAME = "peer-model.gguf"
+WLLAMA_PACKAGE = "node_modules/@wllama/wllama"
 LEGS = ("wllama", "ours-wasm", "ours-webgpu")
 FIELDS = ("prefill_tok_s", "decode_tok_s", "load_s")
 PANELS = (
@@ -185,6 +186,11 @@ def one_leg(leg: str, server_url: str, base: str, text: str, args: argparse.Name
             "skipped": f"not built: the artifact has no wasm library (model_lib has "
             f"{', '.join(libraries)}); build it with --target wasm",
         }
+    if leg == "wllama" and not (args.web_root / WLLAMA_PACKAGE / "package.json").is_file():
+        return {
+            "engine": "wllama (GGUF Q4_1, CPU)",
+            "skipped": f"not installed: run `npm ci` in {args.web_root} (a devDependency)",
+        }
     if leg == "ours-webgpu" and "webgpu" not in libraries:
         return {"engine": "ours (WebGPU)", "skipped": "not built: no webgpu library"}
     with chromium(webgpu=leg == "ours-webgpu") as session:
@@ -213,6 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     config = json.loads((args.artifact / "mlc-chat-config.json").read_text())
     args.libraries = config.get("model_lib") or {}
+    args.web_root = WEB_DIR
     text = chat_text(args.artifact, args.prompt)
     legs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mlcpatch-browser-peers-") as tmp:

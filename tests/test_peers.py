@@ -180,11 +180,23 @@ def test_browser_bench_reports_a_missing_wasm_library_as_not_built() -> None:
 
     from browser_peers_bench import one_leg
 
-    args = argparse.Namespace(libraries={"llvm": "m-cpu.so", "webgpu": "m-webgpu.wasm"})
+    args = argparse.Namespace(
+        libraries={"llvm": "m-cpu.so", "webgpu": "m-webgpu.wasm"}, web_root=pathlib.Path("web")
+    )
     result = one_leg("ours-wasm", "http://127.0.0.1:1/", "/artifacts/m/", "text", args)
     assert result["engine"] == "ours (wasm CPU)"
     assert result["skipped"].startswith("not built")
     assert "llvm, webgpu" in result["skipped"] and "--target wasm" in result["skipped"]
+
+
+def test_browser_bench_reports_wllama_missing_from_node_modules(tmp_path: pathlib.Path) -> None:
+    import argparse
+
+    from browser_peers_bench import one_leg
+
+    args = argparse.Namespace(libraries={"llvm": "m-cpu.so"}, web_root=tmp_path)
+    result = one_leg("wllama", "http://127.0.0.1:1/", "/artifacts/m/", "text", args)
+    assert result["skipped"].startswith("not installed: run `npm ci`")
 
 
 def test_browser_bench_stages_the_artifact_and_the_gguf_in_one_served_folder(
