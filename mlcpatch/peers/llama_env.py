@@ -20,8 +20,8 @@ from mlcpatch.build.step_cache import cache_root
 from mlcpatch.errors import MlcpatchError
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-# cmake and ninja from PyPI, so a machine without them still builds; the build isolation of
-# scikit-build-core would fetch them too, but pinning them here keeps the build repeatable.
+# cmake and ninja from PyPI, on the build's PATH, so a machine without them still builds (seen
+# here: the venv's ninja ran the build; pip's isolated build env may still fetch its own cmake).
 BUILD_TOOLS = ("cmake==4.4.4", "ninja==1.13.2")
 
 
