@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from mlcpatch.artifact import CHAT_CONFIG
 from mlcpatch.errors import MlcpatchError
 from mlcpatch.peers import llama_env
 from mlcpatch.peers.bandwidth import decode_limit_tok_s, measure_bandwidth
@@ -129,7 +130,7 @@ def run_benchmark(
     if "ours" in engines and not artifacts:
         raise PeerBenchError("engine 'ours' needs at least one artifact folder")
     for folder in artifacts:
-        if not (folder / "mlc-chat-config.json").is_file():
+        if not (folder / CHAT_CONFIG).is_file():
             raise PeerBenchError(
                 f"{folder}: not an artifact folder (build it: mlcpatch build --arch llama "
                 f"--model {DEFAULT_MODEL} --quant QUANT --target llvm --out {folder})"
