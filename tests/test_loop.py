@@ -68,7 +68,10 @@ def test_every_pattern_runs_in_both_modes_and_metrics_add_up(qwen: Runtime, name
         assert result.answer == final.text
         for step in result.steps:
             fed_back = max(step.tokens_generated - 1, 0)
-            assert step.positions_processed == step.input_positions + step.latent_steps + fed_back
+            ran = step.input_positions - step.positions_reused
+            assert step.positions_processed == ran + step.latent_steps + fed_back
+            # Round 1 runs every prompt whole; later rounds reuse each agent's prompt prefix.
+            assert (step.positions_reused > 0) == (step.round > 1)
     # Latent mode writes no token before the final decode; every intermediate agent thinks m steps.
     for step in latent.steps[:-1]:
         assert step.tokens_generated == 0 and step.latent_steps == SETTINGS.latent_steps
