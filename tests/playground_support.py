@@ -171,5 +171,6 @@ def python_run(
         settings["latentSteps"],
         settings["maxNewTokens"],
         settings["textTokens"],
+        share_prefix=False,  # the browser loop runs every prompt whole; count alike
     )
     return run(mode, pattern, agents, question, options, loaded).to_json()
