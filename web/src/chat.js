@@ -277,7 +277,7 @@ async function main() {
   } catch (err) {
     listError = err;
   }
-  const artifacts = all.filter((a) => !a.error && canRun(a.libraries, state.requested, gpu));
+  const artifacts = all.filter((a) => canRun(a.libraries, state.requested, gpu));
   const cpuBuilds = all.filter((a) => a.libraries?.[DEVICES.cpu.library]);
   if (gpu && !gpu.ok && (state.requested === "webgpu" || (!listError && !artifacts.length))) {
     showNoWebGPU(

@@ -670,7 +670,7 @@ async function main() {
   const gpu = state.requested === "cpu" ? null : state.client.gpu;
   state.gpu = gpu;
   const all = await listArtifacts();
-  state.artifacts = all.filter((a) => !a.error && canRun(a.libraries, state.requested, gpu));
+  state.artifacts = all.filter((a) => canRun(a.libraries, state.requested, gpu));
   if (gpu && !gpu.ok && (state.requested === "webgpu" || !state.artifacts.length)) {
     const cpuBuilds = all.filter((a) => a.libraries?.[DEVICES.cpu.library]).length;
     $("gpu-status").textContent = "WebGPU unavailable";
