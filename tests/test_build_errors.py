@@ -129,6 +129,10 @@ def test_existing_output_is_refused_and_kept(tiny_hf: Callable, tmp_path: pathli
 def test_target_parsing() -> None:
     assert [t.name for t in parse_targets("llvm, llvm")] == ["llvm"]
     assert [t.name for t in parse_targets("llvm,webgpu")] == ["llvm", "webgpu"]
+    specs = parse_targets("wasm,llvm,webgpu")
+    assert [t.name for t in specs] == ["wasm", "llvm", "webgpu"]
+    # Each target writes its own file: the wasm CPU library never overwrites another.
+    assert len({t.lib_suffix for t in specs}) == 3
     with pytest.raises(ValueError, match="unknown target 'cuda'"):
         parse_targets("cuda")
     with pytest.raises(ValueError, match="no compile target"):
@@ -367,3 +371,12 @@ def test_a_symlink_out_of_the_folder_is_refused(
     shard.symlink_to(outside)
     with pytest.raises(ArtifactError, match="leads outside the folder"):
         Runtime(artifact, verify=False)
+
+
+def test_wasm_target_is_wasm32_cpu_with_simd() -> None:
+    (spec,) = parse_targets("wasm")
+    target = spec.make_target()
+    assert target.kind.name == "llvm"  # every kernel on the CPU, no device code
+    assert target.attrs["mtriple"] == "wasm32-unknown-unknown-wasm"
+    assert "+simd128" in list(target.attrs["mattr"])
+    assert spec.lib_suffix == "-cpu.wasm"

@@ -34,7 +34,8 @@ from mlcpatch.models.registry import BUILTIN_ARCHS
     "--target",
     "targets",
     default=None,
-    help="Comma-separated compile targets: llvm, webgpu (default: the recipe's).",
+    help="Comma-separated compile targets: llvm (native CPU), webgpu (browser GPU), wasm "
+    "(browser CPU: what the browser runs without WebGPU) (default: the recipe's).",
 )
 @click.option(
     "--out",

@@ -33,7 +33,6 @@ from mlcpatch.build.quiet import messages_to
 from mlcpatch.build.source import ResolvedSource, resolve_source
 from mlcpatch.build.step_cache import StepCache, cache_root
 from mlcpatch.build.targets import TargetSpec, parse_targets
-from mlcpatch.build.webgpu.target import build_identity
 from mlcpatch.models.registry import ArchInfo, get_arch
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
@@ -179,8 +178,9 @@ def _compile(
             # The config's dtype does not tell q0f32 from q4f32_1: the kernels differ.
             "quantization": quant.name,
             "group_quant": quant_code_sha256() if quant.quantized else None,
-            # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version.
-            "webgpu": build_identity() if spec.name == "webgpu" else None,
+            # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version
+            # (the field keeps the name it had when only WebGPU builds linked a .wasm).
+            "webgpu": spec.identity(),
         }
     )
     cache = StepCache(f"compile-{spec.name}", enabled=opts.use_cache)

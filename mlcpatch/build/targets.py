@@ -1,7 +1,8 @@
 """Compile targets: one table entry per kind of library the build can produce.
 
-Adding WebGPU later = one more ``TargetSpec`` (a Target with a wasm host and an exporter that links
-with emscripten); the rest of the build iterates over this table.
+``llvm`` (a native CPU shared library, for the Python runtime), ``webgpu`` (WGSL kernels with a
+wasm32 host, linked with emscripten) and ``wasm`` (every kernel on the CPU as wasm32 SIMD code,
+the browser's fallback without WebGPU). The rest of the build iterates over this table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlcpatch.build.errors import BuildOptionError
+from mlcpatch.build.wasm import target as _wasm
 from mlcpatch.build.webgpu import target as _webgpu
 
 
@@ -23,6 +25,9 @@ class TargetSpec:
     export: Callable[[Any, pathlib.Path], None]  # (relax executable, output path)
     # IRModule -> IRModule, run before relax.build (target-specific Relax rewrites).
     prepare: Callable[[Any], Any] = lambda mod: mod
+    # What, beyond the model and TVM, decides the library's bytes (toolchain, link flags): part
+    # of the compile step's cache key. None for a plain llvm build.
+    identity: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def _llvm_target() -> Any:
@@ -35,7 +40,8 @@ def _llvm_target() -> Any:
     return Target({"kind": "llvm", "fast-math-reassoc": True})
 
 
-def _llvm_prepare(mod: Any) -> Any:
+def _cpu_prepare(mod: Any) -> Any:
+    """Relax rewrites for targets whose kernels run on a CPU (native or wasm32)."""
     from tvm import relax
 
     from mlcpatch.build.quantization.group_quant import inline_dequantize
@@ -52,9 +58,27 @@ def _export_shared_library(executable: Any, path: pathlib.Path) -> None:
     executable.export_library(str(path))
 
 
+def _wasm_identity() -> dict[str, Any]:
+    return {"wasm": _wasm.WASM_VERSION, **_webgpu.build_identity()}
+
+
 TARGETS: dict[str, TargetSpec] = {
-    "llvm": TargetSpec("llvm", "-cpu.so", _llvm_target, _export_shared_library, _llvm_prepare),
-    "webgpu": TargetSpec("webgpu", _webgpu.LIB_SUFFIX, _webgpu.make_target, _webgpu.export_wasm),
+    "llvm": TargetSpec("llvm", "-cpu.so", _llvm_target, _export_shared_library, _cpu_prepare),
+    "webgpu": TargetSpec(
+        "webgpu",
+        _webgpu.LIB_SUFFIX,
+        _webgpu.make_target,
+        _webgpu.export_wasm,
+        identity=_webgpu.build_identity,
+    ),
+    "wasm": TargetSpec(
+        "wasm",
+        _wasm.LIB_SUFFIX,
+        _wasm.make_target,
+        _wasm.export_wasm,
+        _cpu_prepare,
+        identity=_wasm_identity,
+    ),
 }
 
 PLANNED_TARGETS: tuple[str, ...] = ()

@@ -96,6 +96,12 @@ def _how_to_load(artifact: Artifact, repo_id: str, endpoint: str) -> list[str]:
             f"`{base}{libraries['webgpu']}`; `mlc-chat-config.json` holds the model settings.",
             "",
         ]
+    if "wasm" in libraries:
+        lines += [
+            "Browser without WebGPU (the CPU, WebAssembly): the same with `tvm.cpu()` and",
+            f"`{base}{libraries['wasm']}` (no GPU pipelines to load).",
+            "",
+        ]
     return lines
 
 
