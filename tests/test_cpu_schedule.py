@@ -110,7 +110,7 @@ def test_q4_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 
-@pytest.mark.parametrize("kind", ["decode", "prefill", "batch"])
+@pytest.mark.parametrize("kind", ["prefill", "batch"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
 def test_f32_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
     n, k = shape
@@ -134,6 +134,10 @@ def test_q4_kernel_outside_the_schedules_still_inlines_its_dequantization() -> N
     x = _x("decode", k, rng)
     got = _run(mod["main"], [x, words, scales, np.zeros((1, 1, n), dtype=np.float32)])
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+def test_f32_decode_is_left_to_llvm() -> None:
+    assert cpu_schedule.schedule_matmul(_f32_func("decode", 96, 128)) is None
 
 
 def test_other_kernels_are_left_alone() -> None:

@@ -6,11 +6,13 @@ by itself, but not the 4-bit ones, whose unpacking it leaves scalar. Here every 
 ``NT_matmul`` blocks ``FuseTransposeMatmul`` makes of f32 ones, the ``q4_matmul`` blocks of
 group_quant.py) gets one of two schedules:
 
-- **GEMV** (one row of activations: decode): output rows spread over the thread pool; each row
-  is reduced ``LANES`` inputs at a time into a vector accumulator (an rfactor'ed local buffer),
-  then summed. For 4-bit weights a step is one packed word (8 codes): it is loaded once,
-  broadcast, shifted and masked per lane, scaled, and multiplied with 8 contiguous inputs, so
-  the unpacking is vector code and no dequantized weight is ever stored.
+- **GEMV** (one row of activations: decode), 4-bit weights only: output rows spread over the
+  thread pool, ``TILE_N`` rows a task, each row reduced into its own vector accumulator (an
+  rfactor'ed local buffer; several independent FMA chains), then summed. The lanes are 8
+  consecutive packed words of a row; an unrolled loop takes code ``e`` of each with one constant
+  shift (SSE2 has no per-lane shifts), against the input reordered once per call to match. When
+  the reduction is not a multiple of 64, a lane is code ``e`` of one broadcast word instead.
+  f32 GEMVs stay as LLVM vectorises them: memory-bound, they gained nothing from a schedule.
 - **GEMM** (many rows: prefill, batched decode): a tile of ``TILE_N`` output columns per task;
   for 4-bit weights the tile's weights are dequantized once into a small local buffer (L1-sized)
   and reused by every activation row, then each row's dot products run as in the GEMV.
@@ -167,12 +169,15 @@ def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
     *rows, _n, _k = sch.get_loops(block)
     if not rows or _rows_static_one(sch, rows):
-        if dequant is not None:
-            sch.compute_inline(dequant)
-            if _extent(sch, _k) % (LANES * PER_WORD) == 0:
-                _schedule_gemv_q4(sch, block)
-                return sch.mod["main"]
-        _schedule_gemv(sch, block)
+        if dequant is None:
+            # f32 GEMV is memory-bound and LLVM already vectorises it well: scheduled, it was
+            # no faster on one thread (SSE2: slower) and slower on a loaded machine's two.
+            return None
+        sch.compute_inline(dequant)
+        if _extent(sch, _k) % (LANES * PER_WORD) == 0:
+            _schedule_gemv_q4(sch, block)
+        else:
+            _schedule_gemv(sch, block)
     else:
         _schedule_gemm(sch, block, dequant)
     return sch.mod["main"]
