@@ -115,6 +115,9 @@ class Runtime:
         from tvm import relax
         from tvm.runtime import ShapeTuple
 
+        from mlcpatch.threads import configure_threads
+
+        self.threads = configure_threads()  # before the first parallel kernel runs
         self.folder = pathlib.Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError(f"{self.folder}: no such artifact folder")

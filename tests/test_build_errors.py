@@ -139,6 +139,22 @@ def test_target_parsing() -> None:
         parse_targets(" , ")
 
 
+def test_cpu_option() -> None:
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    (llvm,) = parse_targets("llvm", cpu="x86-64-v3")
+    assert llvm.make_target().attrs["mcpu"] == "x86-64-v3"
+    (native,) = parse_targets("llvm", cpu="native")
+    assert native.make_target().attrs["mcpu"] == llvm_get_system_cpu()
+    assert "mcpu" not in parse_targets("llvm")[0].make_target().attrs  # portable by default
+    llvm, webgpu = parse_targets("llvm,webgpu", cpu="x86-64-v3")
+    assert "mcpu" not in webgpu.make_target().host.attrs
+    with pytest.raises(ValueError, match="unknown CPU 'pentium-9000'"):
+        parse_targets("llvm", cpu="pentium-9000")
+    with pytest.raises(ValueError, match="--cpu applies to the llvm target"):
+        parse_targets("webgpu", cpu="native")
+
+
 def test_unknown_quantization(tmp_path: pathlib.Path) -> None:
     result = CliRunner().invoke(
         main,

@@ -43,6 +43,10 @@ def _summary(artifact: Artifact) -> list[str]:
         ("prefill chunk", options.get("prefill_chunk_size", "unknown")),
         ("conversation template", options.get("conv_template", "unknown")),
     ]
+    if options.get("cpu"):
+        rows.append(
+            ("CPU library built for", f"`{options['cpu']}` (needs a CPU with its instructions)")
+        )
     if patch:
         added = patch.get("functions_added") or ["get_last_hidden", "decode_last_hidden"]
         rows.append(
