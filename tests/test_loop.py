@@ -68,7 +68,10 @@ def test_every_pattern_runs_in_both_modes_and_metrics_add_up(qwen: Runtime, name
         assert result.answer == final.text
         for step in result.steps:
             fed_back = max(step.tokens_generated - 1, 0)
-            assert step.positions_processed == step.input_positions + step.latent_steps + fed_back
+            ran = step.input_positions - step.positions_reused
+            assert step.positions_processed == ran + step.latent_steps + fed_back
+            # Round 1 runs every prompt whole; later rounds reuse each agent's prompt prefix.
+            assert (step.positions_reused > 0) == (step.round > 1)
     # Latent mode writes no token before the final decode; every intermediate agent thinks m steps.
     for step in latent.steps[:-1]:
         assert step.tokens_generated == 0 and step.latent_steps == SETTINGS.latent_steps
@@ -339,3 +342,28 @@ def test_bench_writes_json_and_png(
         assert latent["tokens_generated"] <= 3 < text["tokens_generated"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*"))
+
+
+def test_bench_batch_and_prefix_options(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    folder = str(built("qwen2-untied"))
+    args = ["bench", "--model", folder, "--rounds", "2", "--latent-steps", "2", "--questions", "3"]
+    args += ["--max-new-tokens", "3", "--text-tokens", "3"]
+    runner = CliRunner()
+    reports = {}
+    for name, extra in {
+        "plain": ["--no-share-prefix"],
+        "batched": ["--batch", "2"],
+    }.items():
+        result = runner.invoke(main, [*args, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "q/s latent" in result.output
+        reports[name] = json.loads((tmp_path / name / "bench.json").read_text())
+    assert (reports["plain"]["share_prefix"], reports["plain"]["batch"]) == (False, 1)
+    assert (reports["batched"]["share_prefix"], reports["batched"]["batch"]) == (True, 2)
+    for mode in ("latent", "text"):
+        plain = reports["plain"]["results"][0][mode]
+        batched = reports["batched"]["results"][0][mode]
+        assert batched["tokens_generated"] == plain["tokens_generated"]
+        assert batched["positions_processed"] < plain["positions_processed"]  # round 2 reuses

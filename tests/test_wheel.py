@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,12 +30,35 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.toml"))
 
 
+def _clean_copy(dest: pathlib.Path) -> pathlib.Path:
+    """The checkout's files (tracked, and untracked ones git does not ignore) copied to ``dest``.
+
+    setuptools reuses a checkout's build/ and *.egg-info folders; a stale one from an older
+    layout would leak old modules into the wheel, so the wheel is built from this copy.
+    npm packages are ignored by git: web/node_modules is linked in (build_py copies through it).
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # deleted-but-tracked files are listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    (dest / "web" / "node_modules").symlink_to(ROOT / "web" / "node_modules")
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = _clean_copy(tmp_path_factory.mktemp("checkout"))
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(ROOT)],
+        + ["-w", str(out), str(source)],
         capture_output=True,
         text=True,
     )

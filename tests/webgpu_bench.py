@@ -1,12 +1,13 @@
-"""WebGPU build and in-browser run, measured against the CPU build of the same model.
+"""The browser builds (WebGPU, wasm CPU) measured against the native CPU build of the same model.
 
 ``python tests/webgpu_bench.py --arch qwen2 --model tiny-random`` (``make bench-webgpu``) builds
-the model for llvm and webgpu (timing compile and link), then runs both: the CPU build with the
-Python runtime, the WebGPU build in headless Chromium (SwiftShader without a GPU).
-``--artifact DIR`` skips the build and measures an existing folder that holds both libraries.
-Prints a table of absolute numbers and WebGPU/CPU ratios. It lives with the tests, not in the
-package, because it drives Chromium through their Playwright helper (browser_support.py), a
-development dependency.
+the model for llvm, webgpu and wasm (timing compile and link), then runs each: the native CPU
+build with the Python runtime, the WebGPU build in headless Chromium (SwiftShader without a
+GPU) and the wasm CPU build in the same page (``device: "cpu"``).
+``--artifact DIR`` skips the build and measures an existing folder (the browser libraries it
+lacks are skipped). Prints a table of absolute numbers and ratios to the native build. It lives
+with the tests, not in the package, because it drives Chromium through their Playwright helper
+(browser_support.py), a development dependency.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ from typing import Any
 PROMPT = "Hello there! Please tell me a short story about the sea."
 
 
-def _build(arch: str, model: str, out: pathlib.Path) -> dict[str, float]:
+# Browser devices: the model_lib key of each one's library and its column title.
+DEVICES = {"webgpu": ("webgpu", "WebGPU"), "cpu": ("wasm", "wasm CPU")}
+
+
+def _build(arch: str, model: str, out: pathlib.Path, quant: str) -> dict[str, float]:
     from mlcpatch.build.pipeline import BuildOptions, build
     from mlcpatch.build.webgpu import target as webgpu
 
+    targets = ["llvm", "webgpu", "wasm"]
     webgpu.LINK_SECONDS.clear()
-    result = build(
-        BuildOptions(arch=arch, model=model, targets="llvm,webgpu", out=out, use_cache=False)
+    options = BuildOptions(
+        arch=arch, model=model, quantization=quant, targets=",".join(targets), out=out
     )
-    link = sum(webgpu.LINK_SECONDS)
-    return {
-        "compile_llvm_s": result.seconds.get("compile-llvm", 0.0),
-        "compile_webgpu_s": result.seconds.get("compile-webgpu", 0.0) - link,
-        "link_webgpu_s": link,
-    }
+    options.use_cache = False
+    result = build(options)
+    numbers = {"compile_llvm_s": result.seconds.get("compile-llvm", 0.0)}
+    # Every .wasm link appends its seconds, in the order of the targets.
+    for target, link in zip(targets[1:], webgpu.LINK_SECONDS, strict=True):
+        numbers[f"compile_{target}_s"] = result.seconds.get(f"compile-{target}", 0.0) - link
+        numbers[f"link_{target}_s"] = link
+    return numbers
 
 
 def _cpu(folder: pathlib.Path, tokens: int) -> dict[str, float]:
@@ -67,10 +75,10 @@ def _cpu(folder: pathlib.Path, tokens: int) -> dict[str, float]:
     }
 
 
-BROWSER_JS = """async ([url, prompt, tokens]) => {
+BROWSER_JS = """async ([url, prompt, tokens, device]) => {
   const m = await import('/src/engine.js');
   const t0 = performance.now();
-  const engine = await m.Engine.load(url);
+  const engine = await m.Engine.load(url, {device});
   const loadMs = performance.now() - t0;
   const ids = engine.encodeChat(prompt);
   const prefills = [];
@@ -95,11 +103,12 @@ BROWSER_JS = """async ([url, prompt, tokens]) => {
   decodes.sort((a, b) => a - b);
   engine.dispose();
   return {loadMs, timings: engine.loadTimings, prefillMs: Math.min(...prefills),
-          decodeMs: decodes[Math.floor(decodes.length / 2)]};
+          decodeMs: decodes[Math.floor(decodes.length / 2)], device: engine.deviceKind};
 }"""
 
 
-def _browser(folder: pathlib.Path, tokens: int) -> dict[str, Any]:
+def _browser(folder: pathlib.Path, tokens: int, devices: list[str]) -> dict[str, dict[str, Any]]:
+    """Each device's figures, measured one after the other in one page."""
     from browser_support import chromium
 
     from mlcpatch.serve import WEB_DIR, running_server
@@ -107,45 +116,69 @@ def _browser(folder: pathlib.Path, tokens: int) -> dict[str, Any]:
     with running_server(WEB_DIR, folder) as server, chromium(webgpu=True) as session:
         page = session.new_page(server.url + "index.html")
         url = f"/artifacts/{folder.resolve().name}/"
-        return page.evaluate(BROWSER_JS, [url, PROMPT, tokens])
+        return {d: page.evaluate(BROWSER_JS, [url, PROMPT, tokens, d]) for d in devices}
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:8.1f}x" if b else "       -"
+    return f"{a / b:8.2f}x" if b else "        -"
 
 
-def report(folder: pathlib.Path, build: dict[str, float] | None, tokens: int) -> dict[str, Any]:
+def report(
+    folder: pathlib.Path, build: dict[str, float] | None, tokens: int, only: list[str] | None = None
+) -> dict[str, Any]:
     config = json.loads((folder / "mlc-chat-config.json").read_text())
     libs = config["model_lib"]
-    wasm = (folder / libs["webgpu"]).stat().st_size
+    devices = [d for d, (lib, _) in DEVICES.items() if lib in libs and (not only or d in only)]
+    sizes = {d: (folder / libs[DEVICES[d][0]]).stat().st_size for d in devices}
     so = (folder / libs["llvm"]).stat().st_size
     cpu = _cpu(folder, tokens)
-    web = _browser(folder, tokens)
-    t = web["timings"]
-    rows = [
-        ("library size (MB)", so / 1e6, wasm / 1e6),
-        ("load (s)", cpu["load_s"], web["loadMs"] / 1000),
-        ("  of which GPU pipeline compile (s)", 0.0, t["pipelinesMs"] / 1000),
-        (f"prefill {cpu['prompt_tokens']} tokens (ms)", cpu["prefill_ms"], web["prefillMs"]),
-        ("decode per token (ms)", cpu["decode_ms"], web["decodeMs"]),
+    web = _browser(folder, tokens, devices)
+    rows: list[tuple[str, float, list[float]]] = [
+        ("library size (MB)", so / 1e6, [sizes[d] / 1e6 for d in devices]),
+        ("load (s)", cpu["load_s"], [web[d]["loadMs"] / 1000 for d in devices]),
+        (
+            "  of which GPU pipeline compile (s)",
+            0.0,
+            [web[d]["timings"].get("pipelinesMs", 0.0) / 1000 for d in devices],
+        ),
+        (
+            f"prefill {cpu['prompt_tokens']} tokens (ms)",
+            cpu["prefill_ms"],
+            [web[d]["prefillMs"] for d in devices],
+        ),
+        ("decode per token (ms)", cpu["decode_ms"], [web[d]["decodeMs"] for d in devices]),
     ]
     if build:
         rows.insert(
-            1, ("compile, export+build (s)", build["compile_llvm_s"], build["compile_webgpu_s"])
+            1,
+            (
+                "compile, export+build (s)",
+                build["compile_llvm_s"],
+                [build.get(f"compile_{DEVICES[d][0]}_s", 0.0) for d in devices],
+            ),
         )
-        rows.insert(2, ("link (s)", 0.0, build["link_webgpu_s"]))
-    print(f"{folder.name}: {config['model_type']} {config['quantization']}")
-    print(f"{'':38s}{'CPU (llvm)':>12s}{'WebGPU':>12s}{'ratio':>10s}")
-    for name, a, b in rows:
-        print(f"{name:38s}{a:12.3f}{b:12.3f}{_ratio(b, a)}")
-    return {"cpu": cpu, "webgpu": web, "build": build, "wasm_bytes": wasm, "so_bytes": so}
+        rows.insert(
+            2, ("link (s)", 0.0, [build.get(f"link_{DEVICES[d][0]}_s", 0.0) for d in devices])
+        )
+    titles = [DEVICES[d][1] for d in devices]
+    print(f"{folder.name}: {config['model_type']} {config['quantization']} (ratio: to native)")
+    head = "".join(f"{t:>12s}{'ratio':>9s}" for t in titles)
+    print(f"{'':38s}{'native CPU':>12s}{head}")
+    for name, a, values in rows:
+        cells = "".join(f"{b:12.3f}{_ratio(b, a)}" for b in values)
+        print(f"{name:38s}{a:12.3f}{cells}")
+    return {"cpu": cpu, "browser": web, "build": build, "library_bytes": sizes, "so_bytes": so}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tests/webgpu_bench.py")
-    parser.add_argument("--artifact", type=pathlib.Path, help="existing folder (llvm+webgpu)")
+    parser.add_argument("--artifact", type=pathlib.Path, help="existing folder (llvm + browser)")
     parser.add_argument("--arch", default="qwen2")
     parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--quant", default="q0f32", help="q0f32 or q4f32_1 (SwiftShader: f32)")
+    parser.add_argument(
+        "--devices", default="webgpu,cpu", help="browser devices to measure (webgpu, cpu)"
+    )
     parser.add_argument("--tokens", type=int, default=16, help="decode steps to time")
     parser.add_argument("--json", type=pathlib.Path, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -153,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.artifact
     if folder is None:
         folder = pathlib.Path(tempfile.mkdtemp(prefix="mlcpatch-bench-")) / f"bench-{args.arch}"
-        build = _build(args.arch, args.model, folder)
-    numbers = report(folder, build, args.tokens)
+        build = _build(args.arch, args.model, folder, args.quant)
+    numbers = report(folder, build, args.tokens, args.devices.split(","))
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")
     return 0

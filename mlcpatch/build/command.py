@@ -34,7 +34,8 @@ from mlcpatch.models.registry import BUILTIN_ARCHS
     "--target",
     "targets",
     default=None,
-    help="Comma-separated compile targets: llvm, webgpu (default: the recipe's).",
+    help="Comma-separated compile targets: llvm (native CPU), webgpu (browser GPU), wasm "
+    "(browser CPU: what the browser runs without WebGPU) (default: the recipe's).",
 )
 @click.option(
     "--out",
@@ -60,6 +61,15 @@ from mlcpatch.models.registry import BUILTIN_ARCHS
     "overwrite",
     is_flag=True,
     help="Replace an existing --out folder (it is only replaced once the new build succeeds).",
+)
+@click.option(
+    "--cpu",
+    default=None,
+    metavar="NAME",
+    help="Compile the CPU (llvm) library for this CPU: 'native' (the one building), or an "
+    "LLVM CPU name such as x86-64-v3 (AVX2 + FMA) or znver3. Faster kernels (4-bit ones most), "
+    "but the library then crashes on CPUs without those instructions. Default: portable (the "
+    "architecture's baseline, SSE2 on x86-64).",
 )
 @click.option("--no-cache", is_flag=True, help="Redo every step instead of reusing cached ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -96,6 +106,7 @@ def build_command(
     prefill_chunk_size: int | None,
     conv_template: str | None,
     overwrite: bool,
+    cpu: str | None,
     no_cache: bool,
     quiet: bool,
     verbose: bool,
@@ -125,6 +136,8 @@ def build_command(
 
     if keep_patch and backend != "mlc":
         raise click.UsageError("--keep-patch only applies to --backend mlc")
+    if cpu is not None and backend == "mlc":
+        raise click.UsageError("--cpu applies to --backend builtin (MLC-LLM picks its own target)")
     if backend == "builtin":
         get_arch(arch)
     recipe = load_recipe(arch)
@@ -145,6 +158,7 @@ def build_command(
         use_cache=not no_cache,
         progress=not quiet,
         verbose=verbose,
+        cpu=cpu,
     )
     if backend == "mlc":
         from mlcpatch.build.mlc.pipeline import build_mlc, mlc_options

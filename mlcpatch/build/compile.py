@@ -35,7 +35,9 @@ def compile_library(
     target = spec.make_target()
     mod, _ = export_model(model, target)
     on_step()
-    executable = relax.build(spec.prepare(mod), target=target)
+    with target:  # legalization in prepare may ask the target
+        prepared = spec.prepare(mod)
+    executable = relax.build(prepared, target=target)
     on_step()
     spec.export(executable, out_path)
     on_step()

@@ -33,12 +33,11 @@ from mlcpatch.build.quiet import messages_to
 from mlcpatch.build.source import ResolvedSource, resolve_source
 from mlcpatch.build.step_cache import StepCache, cache_root
 from mlcpatch.build.targets import TargetSpec, parse_targets
-from mlcpatch.build.webgpu.target import build_identity
 from mlcpatch.models.registry import ArchInfo, get_arch
 
 # Bump when a step's output changes for the same inputs, so stale cache entries stop matching.
 CONVERT_VERSION = 2
-COMPILE_VERSION = 3
+COMPILE_VERSION = 4
 
 
 @dataclasses.dataclass
@@ -56,6 +55,7 @@ class BuildOptions:
     use_cache: bool = True
     progress: bool = True
     verbose: bool = False  # TVM's own messages on the terminal, not in the build log
+    cpu: str | None = None  # LLVM -mcpu for the llvm library ("native": this machine's)
 
 
 @dataclasses.dataclass
@@ -139,6 +139,13 @@ def quant_code_sha256() -> dict[str, str]:
     return {name: sha256_file(here / name) for name in ("q4_format.py", "group_quant.py")}
 
 
+def cpu_code_sha256() -> dict[str, str]:
+    """sha256 of the files that decide the CPU library's kernels beyond the model: its target,
+    the Relax rewrites before the build, and the TIR schedules."""
+    here = pathlib.Path(__file__).resolve().parent
+    return {name: sha256_file(here / name) for name in ("targets.py", "cpu_schedule.py")}
+
+
 def _quantize(model: Any, quant: Quantization) -> dict[str, QuantizedWeight]:
     """Swap the model's Linear/Embedding layers for 4-bit ones (group quantization); which
     weights became which parameters. Nothing to do for q0 builds."""
@@ -179,8 +186,11 @@ def _compile(
             # The config's dtype does not tell q0f32 from q4f32_1: the kernels differ.
             "quantization": quant.name,
             "group_quant": quant_code_sha256() if quant.quantized else None,
-            # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version.
-            "webgpu": build_identity() if spec.name == "webgpu" else None,
+            # The CPU kernels' schedules (cpu_schedule.py) decide llvm and wasm libraries' code.
+            "cpu_code": cpu_code_sha256() if spec.name in ("llvm", "wasm") else None,
+            # Toolchain, shader math and link flags decide a .wasm's bytes beyond TVM's version
+            # (the field keeps the name it had when only WebGPU builds linked a .wasm).
+            "webgpu": spec.identity(),
         }
     )
     cache = StepCache(f"compile-{spec.name}", enabled=opts.use_cache)
@@ -216,6 +226,15 @@ def _compile_failure(target: str, config: dict[str, Any], exc: BaseException) ->
     return f"TVM failed compiling the {target} library ({shape}): {detail}{hint}"
 
 
+def _mcpu(targets: list[TargetSpec]) -> str | None:
+    """The CPU the llvm library was compiled for (None: portable, the architecture's baseline)."""
+    for spec in targets:
+        if spec.name == "llvm":
+            mcpu = spec.make_target().attrs.get("mcpu")
+            return str(mcpu) if mcpu else None
+    return None
+
+
 def build(opts: BuildOptions) -> BuildResult:
     """Build the artifact folder described by ``opts``; raises BuildError (or a ValueError
     subclass from a step) with a one-line message. Nothing is left at ``out`` on failure."""
@@ -223,7 +242,7 @@ def build(opts: BuildOptions) -> BuildResult:
     reused: list[str] = []
     arch = get_arch(opts.arch)
     quant = get_quantization(opts.quantization)
-    targets = parse_targets(opts.targets)
+    targets = parse_targets(opts.targets, opts.cpu)
     with _timed(seconds, "source"):
         source = resolve_source(opts.model, arch.name)
         hf_config = source.config()
@@ -304,6 +323,7 @@ def build(opts: BuildOptions) -> BuildResult:
                 "arch": arch.name,
                 "quantization": quant.name,
                 "targets": [t.name for t in targets],
+                "cpu": _mcpu(targets),
                 "context_window_size": model_config["context_window_size"],
                 "prefill_chunk_size": model_config["prefill_chunk_size"],
                 "conv_template": conv_template,

@@ -1,17 +1,20 @@
 """Compile targets: one table entry per kind of library the build can produce.
 
-Adding WebGPU later = one more ``TargetSpec`` (a Target with a wasm host and an exporter that links
-with emscripten); the rest of the build iterates over this table.
+``llvm`` (a native CPU shared library, for the Python runtime), ``webgpu`` (WGSL kernels with a
+wasm32 host, linked with emscripten) and ``wasm`` (every kernel on the CPU as wasm32 SIMD code,
+the browser's fallback without WebGPU). The rest of the build iterates over this table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
 from mlcpatch.build.errors import BuildOptionError
+from mlcpatch.build.wasm import target as _wasm
 from mlcpatch.build.webgpu import target as _webgpu
 
 
@@ -23,45 +26,103 @@ class TargetSpec:
     export: Callable[[Any, pathlib.Path], None]  # (relax executable, output path)
     # IRModule -> IRModule, run before relax.build (target-specific Relax rewrites).
     prepare: Callable[[Any], Any] = lambda mod: mod
+    # What, beyond the model and TVM, decides the library's bytes (toolchain, link flags): part
+    # of the compile step's cache key. None for a plain llvm build.
+    identity: Callable[[], dict[str, Any] | None] = lambda: None
 
 
-def _llvm_target() -> Any:
+def _llvm_target(cpu: str | None = None) -> Any:
     from tvm.target import Target
 
     # TVM 0.27 dropped target strings: the dict form is the only one accepted.
-    # Reassociation lets LLVM vectorise the dot-product reductions of the unscheduled matmul
-    # kernels (measured 5x on SmolLM2 prefill); results move by float rounding only (~1e-6).
-    # No -mcpu: the library stays portable to any x86-64 / host-arch CPU.
-    return Target({"kind": "llvm", "fast-math-reassoc": True})
+    # Reassociation lets LLVM vectorise the dot-product reductions of the matmul kernels
+    # (measured 5x on SmolLM2 prefill); results move by float rounding only (~1e-6).
+    # No -mcpu unless asked (--cpu): the library stays portable to any CPU of the host's
+    # architecture (on x86-64: SSE2 only, no AVX2/FMA).
+    options: dict[str, Any] = {"kind": "llvm", "fast-math-reassoc": True}
+    if cpu is not None:
+        options["mcpu"] = cpu
+    return Target(options)
 
 
-def _llvm_prepare(mod: Any) -> Any:
+def resolve_cpu(name: str) -> str:
+    """The LLVM CPU name for ``--cpu``: ``native`` is this machine's CPU."""
+    from tvm.target import Target
+    from tvm.target.codegen import llvm_get_cpu_archlist, llvm_get_system_cpu
+
+    cpu = llvm_get_system_cpu() if name == "native" else name
+    known = list(llvm_get_cpu_archlist(Target({"kind": "llvm"})))
+    if cpu not in known:
+        hint = ", ".join(c for c in ("x86-64-v2", "x86-64-v3", "x86-64-v4") if c in known)
+        raise BuildOptionError(
+            f"unknown CPU {cpu!r} for the llvm target (LLVM knows {len(known)} names"
+            + (f", e.g. {hint}" if hint else "")
+            + "; or 'native')"
+        )
+    return cpu
+
+
+def _cpu_prepare(mod: Any) -> Any:
+    """Relax rewrites and kernel schedules for targets whose kernels run on a CPU (native or
+    wasm32; run inside ``with target``)."""
+    import tvm
     from tvm import relax
 
-    from mlcpatch.build.quantization.group_quant import inline_dequantize
+    from mlcpatch.build.cpu_schedule import schedule_cpu_kernels
 
     # nn.Linear exports permute_dims(W) + matmul; unfused, the VM transposes every weight on
     # every call and the matmul walks W with a stride (measured 20x slower on SmolLM2). Fused,
     # the kernel reads W[n, k] row by row.
     mod = relax.transform.FuseTransposeMatmul()(mod)
-    # 4-bit builds: the matmul dequantizes as it reads (no dlight on the CPU to do it).
-    return inline_dequantize(mod)
+    # Legalize here (relax.build's default pipeline starts with these same passes, and they do
+    # nothing the second time), so that the matmul kernels exist as TIR to be scheduled:
+    # parallel and vectorized, 4-bit weights dequantized in registers (cpu_schedule.py).
+    legalize = tvm.transform.Sequential(
+        [
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            relax.transform.LegalizeOps(),
+        ]
+    )
+    return schedule_cpu_kernels(legalize(mod))
 
 
 def _export_shared_library(executable: Any, path: pathlib.Path) -> None:
     executable.export_library(str(path))
 
 
+def _wasm_identity() -> dict[str, Any]:
+    return {"wasm": _wasm.WASM_VERSION, **_webgpu.build_identity()}
+
+
 TARGETS: dict[str, TargetSpec] = {
-    "llvm": TargetSpec("llvm", "-cpu.so", _llvm_target, _export_shared_library, _llvm_prepare),
-    "webgpu": TargetSpec("webgpu", _webgpu.LIB_SUFFIX, _webgpu.make_target, _webgpu.export_wasm),
+    "llvm": TargetSpec("llvm", "-cpu.so", _llvm_target, _export_shared_library, _cpu_prepare),
+    "webgpu": TargetSpec(
+        "webgpu",
+        _webgpu.LIB_SUFFIX,
+        _webgpu.make_target,
+        _webgpu.export_wasm,
+        identity=_webgpu.build_identity,
+    ),
+    "wasm": TargetSpec(
+        "wasm",
+        _wasm.LIB_SUFFIX,
+        _wasm.make_target,
+        _wasm.export_wasm,
+        _cpu_prepare,
+        identity=_wasm_identity,
+    ),
 }
 
 PLANNED_TARGETS: tuple[str, ...] = ()
 
 
-def parse_targets(text: str) -> list[TargetSpec]:
-    """``"llvm,webgpu"`` -> table entries, in order, without duplicates."""
+def parse_targets(text: str, cpu: str | None = None) -> list[TargetSpec]:
+    """``"llvm,webgpu"`` -> table entries, in order, without duplicates.
+
+    ``cpu`` (an LLVM CPU name, or ``native``) makes the llvm library use that CPU's
+    instructions (``-mcpu``): faster, but it only runs on CPUs that have them.
+    """
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise BuildOptionError("no compile target given")
@@ -73,4 +134,11 @@ def parse_targets(text: str) -> list[TargetSpec]:
             raise BuildOptionError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
         if TARGETS[name] not in specs:
             specs.append(TARGETS[name])
-    return specs
+    if cpu is None:
+        return specs
+    if TARGETS["llvm"] not in specs:
+        raise BuildOptionError("--cpu applies to the llvm target, which this build does not make")
+    llvm = dataclasses.replace(
+        TARGETS["llvm"], make_target=functools.partial(_llvm_target, resolve_cpu(cpu))
+    )
+    return [llvm if spec.name == "llvm" else spec for spec in specs]

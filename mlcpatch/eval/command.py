@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import click
@@ -28,7 +29,7 @@ from mlcpatch.links.files import FILE_NAMES
 from mlcpatch.links.spec import VARIANTS
 from mlcpatch.loop.calibrate import fitted_links
 from mlcpatch.loop.command import _agents, models_option, pattern_option
-from mlcpatch.loop.orchestrator import Agent, Links, Settings, run, run_single
+from mlcpatch.loop.orchestrator import Agent, Links, Settings, run_batch, run_single_batch
 from mlcpatch.loop.patterns import Pattern
 
 BASE_MODES = ("single", "text", "latent")
@@ -127,6 +128,21 @@ def links_label(path: Path, taken: set[str]) -> str:
     help="Budget of each intermediate agent in text mode.",
 )
 @click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Keep each agent's prompt before the {latent} slot between rounds instead of running "
+    "it again (same answers, fewer positions processed).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Questions each mode answers at once (batched forwards; the same answers). Seconds "
+    "per question are then each one's share of its batch's time.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("eval-out"),
@@ -150,6 +166,8 @@ def eval_command(
     latent_steps: int,
     max_new_tokens: int,
     text_tokens: int,
+    share_prefix: bool,
+    batch: int,
     out: Path,
     overwrite: bool,
     as_json: bool,
@@ -181,7 +199,9 @@ def eval_command(
     unknown = [m for m in wanted if m not in BASE_MODES]
     if unknown or not (wanted or link_files):
         raise click.UsageError(f"--modes takes {', '.join(BASE_MODES)}; got {modes!r}")
-    settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens)
+    settings = Settings(
+        rounds, latent_steps, max_new_tokens, text_tokens, share_prefix=share_prefix
+    )
     questions = load_questions(source, split, size, seed)
     labels = list(wanted)
     link_labels: list[tuple[str, Path]] = []
@@ -232,11 +252,15 @@ def eval_command(
     if remaining < len(questions) * len(labels):
         click.echo(f"resuming: {len(done)} answers already in {out / RESULTS}", err=True)
     bar = tqdm(total=remaining, desc="eval", unit="answer", disable=not progress, leave=False)
+    began = time.perf_counter()
     try:
-        evaluate(questions, solvers, out, lambda i, n: bar.update(1), done)
+        answered = evaluate(
+            questions, solvers, out, lambda i, n: bar.update(i - bar.n), done, batch
+        )
     finally:
         bar.close()
         write_json(out / RUN_INFO, info)
+    elapsed = time.perf_counter() - began
     rows = [r for r in read_results(out / RESULTS) if r["id"] in ids]
     summary = summarize(rows, labels)
     report = {
@@ -248,6 +272,12 @@ def eval_command(
         "settings": vars(settings),
         "setup": setup,
         "modes": summary,
+        "this_session": {
+            "batch": batch,
+            "answers": len(answered),
+            "seconds": round(elapsed, 3),
+            "answers_per_second": round(len(answered) / elapsed, 4) if answered else None,
+        },
     }
     write_json(out / "summary.json", report)
     chart(summary, out / "eval.png", f"{system.name} on {source} ({len(questions)} questions)")
@@ -255,16 +285,21 @@ def eval_command(
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(table(summary))
+    if answered:
+        click.echo(
+            f"this session: {len(answered)} answers in {elapsed:.1f} s with --batch {batch} "
+            f"({len(answered) / elapsed:.3f} answers/s)"
+        )
     one_time = ", ".join(f"{s['what']} {s['seconds']:.1f} s" for s in setup)
     click.echo(f"one-time costs (not in seconds per question): {one_time}")
     click.echo(f"wrote {out / 'summary.json'} and {out / 'eval.png'}")
 
 
 def _single(system: Pattern, agents: list[Agent], settings: Settings) -> Solver:
-    return lambda question: run_single(system, agents, question, settings)
+    return lambda questions: run_single_batch(system, agents, questions, settings)
 
 
 def _looped(
     mode: str, system: Pattern, agents: list[Agent], settings: Settings, links: Links | None
 ) -> Solver:
-    return lambda question: run(mode, system, agents, question, settings, links)
+    return lambda questions: run_batch(mode, system, agents, questions, settings, links)

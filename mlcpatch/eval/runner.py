@@ -5,6 +5,10 @@ on the same machine at about the same time (ratios of seconds stay fair when the
 load drifts). A stopped run keeps every line it wrote; starting it again with the same settings
 skips what is done. One-time costs (opening models, fitting links) are kept apart in
 `run.json`; per-question seconds never include them.
+
+With a batch size above 1, each mode answers up to that many questions at once (the loop's
+`run_batch`): questions still go through every mode in the same order, a batch at a time, and
+each answer's seconds are its equal share of its batch's time.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from mlcpatch.loop.orchestrator import RunResult
 RESULTS = "results.jsonl"
 RUN_INFO = "run.json"
 
-# A mode: its label and how it answers one question (the prompt text) with a RunResult.
-Solver = Callable[[str], RunResult]
+# A mode: its label and how it answers questions (prompt texts), one RunResult each.
+Solver = Callable[[list[str]], list[RunResult]]
 
 
 class EvalError(MlcpatchError, ValueError):
@@ -123,20 +127,31 @@ def evaluate(
     out: Path,
     progress: Callable[[int, int], Any] | None = None,
     done: Iterable[tuple[str, str]] = (),
+    batch: int = 1,
 ) -> list[dict[str, Any]]:
-    """Answer every question in every mode not yet `done`; append a line per answer."""
+    """Answer every question in every mode not yet `done`, `batch` questions at a time; append
+    a line per answer."""
+    if batch < 1:
+        raise EvalError("the batch size must be at least 1")
     finished = set(done)
-    todo = [(q, m) for q in questions for m in modes if (q.id, m.label) not in finished]
+    total = sum((q.id, m.label) not in finished for q in questions for m in modes)
     rows: list[dict[str, Any]] = []
     with (out / RESULTS).open("a", encoding="utf-8") as handle:
-        for index, (question, mode) in enumerate(todo):
-            row = record(question, mode.label, mode.solve(question.prompt()))
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())  # a line written is a line kept, whatever stops us
-            rows.append(row)
-            if progress is not None:
-                progress(index + 1, len(todo))
+        for start in range(0, len(questions), batch):
+            group = questions[start : start + batch]
+            for mode in modes:
+                todo = [q for q in group if (q.id, mode.label) not in finished]
+                if not todo:
+                    continue
+                results = mode.solve([q.prompt() for q in todo])
+                for question, result in zip(todo, results, strict=True):
+                    row = record(question, mode.label, result)
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    rows.append(row)
+                handle.flush()
+                os.fsync(handle.fileno())  # a line written is a line kept, whatever stops us
+                if progress is not None:
+                    progress(len(rows), total)
     return rows
 
 

@@ -131,39 +131,30 @@ class LinkFile:
                 f"({len(extra)} unexpected tensor(s))"
             )
         if self.agents:
-            dims = {a.name: a.hidden_size for a in self.agents}
-            for spec in self.links:
-                for role, agent, dim in (
-                    ("from", spec.source, spec.in_dim),
-                    ("to", spec.target, spec.out_dim),
-                ):
-                    if agent not in dims:
-                        raise LinkFileError(
-                            f"{source}: link {spec.name!r} {role} agent {agent!r} "
-                            f"is not in the agents list {sorted(dims)}"
-                        )
-                    if dims[agent] != dim:
-                        side = "in_dim" if role == "from" else "out_dim"
-                        raise LinkFileError(
-                            f"{source}: link {spec.name!r} has {side}={dim} but agent "
-                            f"{agent!r} has hidden_size={dims[agent]}"
-                        )
+            self._check_dims(
+                {a.name: a.hidden_size for a in self.agents}, source, "its agents list"
+            )
 
     def check_models(self, hidden_sizes: dict[str, int], source: str = "links") -> None:
         """Check the links against the models they will run with (agent name -> hidden size)."""
+        self._check_dims(hidden_sizes, source, "this system")
+
+    def _check_dims(self, dims: dict[str, int], source: str, where: str) -> None:
+        """Every link's ends name an agent in ``dims`` (the file's own agents list, or the
+        models a run brings: ``where`` says which) whose hidden size equals the link's dim."""
         for spec in self.links:
             for role, agent, dim in (
                 ("from", spec.source, spec.in_dim),
                 ("to", spec.target, spec.out_dim),
             ):
-                if agent not in hidden_sizes:
+                if agent not in dims:
                     raise LinkFileError(
-                        f"{source}: link {spec.name!r} {role} agent {agent!r} is not in this "
-                        f"system (agents: {sorted(hidden_sizes)})"
+                        f"{source}: link {spec.name!r} {role} agent {agent!r} is not in "
+                        f"{where} (agents: {', '.join(sorted(dims))})"
                     )
-                if hidden_sizes[agent] != dim:
+                if dims[agent] != dim:
                     side = "in_dim" if role == "from" else "out_dim"
                     raise LinkFileError(
-                        f"{source}: link {spec.name!r} has {side}={dim} but agent {agent!r}'s "
-                        f"model has hidden size {hidden_sizes[agent]}"
+                        f"{source}: link {spec.name!r} has {side}={dim} but agent {agent!r} has "
+                        f"hidden size {dims[agent]} in {where}"
                     )

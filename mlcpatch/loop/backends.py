@@ -2,6 +2,11 @@
 
 - the compiled CPU runtime (`mlcpatch.runtime.Runtime`, an artifact folder) already has them;
 - `TorchBackend` wraps a Hugging Face model in PyTorch (the trainer's way; GPUs when present).
+
+Both hold several sequences (`open_sequences`, `select`, `truncate`: what the loop's prefix reuse
+and batched questions need) and have batch verbs (`prefill_batch`, `decode_batch`,
+`get_last_hidden_batch`, `decode_last_hidden_batch`). The runtime runs a batch in one forward;
+`TorchBackend` runs its sequences one after the other (`OneAtATime`), which gives the same results.
 """
 
 from __future__ import annotations
@@ -32,9 +37,63 @@ class ModelBackend(Protocol):
     def decode_last_hidden(self, embed: np.ndarray) -> np.ndarray: ...
     def default_stop_ids(self) -> list[int]: ...
 
+    # several sequences: the verbs above act on the selected one
+    def open_sequences(self, count: int) -> None: ...
+    def select(self, seq: int) -> None: ...
+    def truncate(self, seq: int, length: int) -> int: ...
+    def prefill_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> np.ndarray: ...
+    def decode_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray: ...
+    def get_last_hidden_batch(
+        self, seqs: list[int], embeds: list[np.ndarray]
+    ) -> list[np.ndarray]: ...
+    def decode_last_hidden_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray: ...
 
-class TorchBackend:
-    """A transformers causal LM driven position by position with its own KV cache."""
+
+class OneAtATime:
+    """Batch verbs that run each sequence in turn with the plain verbs."""
+
+    def select(self, seq: int) -> None:
+        raise NotImplementedError
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, embed: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_last_hidden(self, embeds: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode_last_hidden(self, embed: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _each(self, verb: Any, seqs: list[int], inputs: Any) -> list[np.ndarray]:
+        if len(seqs) != len(inputs) or len(set(seqs)) != len(seqs):
+            raise ValueError("give one input per sequence, each sequence once")
+        out = []
+        for seq, x in zip(seqs, inputs, strict=True):
+            self.select(seq)
+            out.append(verb(x))
+        return out
+
+    def prefill_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> np.ndarray:
+        return np.stack(self._each(self.prefill, seqs, embeds))
+
+    def decode_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray:
+        return np.stack(self._each(self.decode, seqs, list(np.asarray(embeds)[:, None])))
+
+    def get_last_hidden_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> list[np.ndarray]:
+        return self._each(self.get_last_hidden, seqs, embeds)
+
+    def decode_last_hidden_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray:
+        rows = list(np.asarray(embeds)[:, None])
+        return np.stack(self._each(self.decode_last_hidden, seqs, rows))
+
+
+class TorchBackend(OneAtATime):
+    """A transformers causal LM driven position by position with its own KV caches, one per
+    sequence. `truncate` crops a cache (`Cache.crop`); where a cache cannot be cropped, the
+    sequence starts over empty and `truncate` says so (it returns 0): the caller runs it again."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str | None = None) -> None:
         import torch
@@ -66,18 +125,54 @@ class TorchBackend:
         return self._tokenizer
 
     def reset(self) -> None:
+        self.open_sequences(1)
+
+    def open_sequences(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("open at least one sequence")
         from transformers import DynamicCache
 
-        self._cache = DynamicCache()
+        self._caches: dict[int, Any] = {seq: DynamicCache() for seq in range(count)}
+        self._lengths: dict[int, int] = dict.fromkeys(range(count), 0)
+        self._seq = 0
+
+    def select(self, seq: int) -> None:
+        if seq not in self._caches:
+            raise ValueError(f"no sequence {seq} (open {len(self._caches)} with open_sequences)")
+        self._seq = seq
+
+    def truncate(self, seq: int, length: int) -> int:
+        from transformers import DynamicCache
+
+        self.select(seq)
+        current = self._lengths[seq]
+        if not 0 <= length <= current:
+            raise ValueError(f"sequence {seq} holds {current} positions; cannot keep {length}")
+        if 0 < length < current:
+            try:  # a negative count removes that many positions (transformers 4.45 and later)
+                self._caches[seq].crop(length - current)
+            except (AttributeError, RuntimeError, ValueError, NotImplementedError):
+                length = 0
+        if length == 0:
+            self._caches[seq] = DynamicCache()
+        self._lengths[seq] = length
+        return length
+
+    @property
+    def position(self) -> int:
+        return self._lengths[self._seq]
 
     def _hidden(self, embeds: np.ndarray) -> Any:
         torch = self.torch
         x = torch.as_tensor(np.asarray(embeds, np.float32).reshape(1, -1, self.hidden_size))
         with torch.no_grad():
             out = self.model.base_model(
-                inputs_embeds=x.to(self.device), past_key_values=self._cache, use_cache=True
+                inputs_embeds=x.to(self.device),
+                past_key_values=self._caches[self._seq],
+                use_cache=True,
             )
-        self._cache = out.past_key_values
+        self._caches[self._seq] = out.past_key_values
+        self._lengths[self._seq] += x.shape[1]
         return out.last_hidden_state[0]  # after the final norm
 
     def _logits(self, hidden: Any) -> np.ndarray:

@@ -1,17 +1,18 @@
 """`mlcpatch bench`: latent against text on a fixed question set, for R = 1, 2, 3.
 
 Both modes run the same agents, prompts and questions on the same machine, one after the other,
-so the ratios are comparable; absolute seconds depend on the machine.
+so the ratios are comparable; absolute seconds depend on the machine. With a batch size above 1,
+each mode takes that many questions at once (`run_batch`); prefix reuse follows the settings.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from mlcpatch.loop.orchestrator import Agent, Links, Settings, run
+from mlcpatch.loop.orchestrator import Agent, Links, Settings, run_batch
 from mlcpatch.loop.patterns import Pattern
 
 
@@ -34,34 +35,31 @@ def bench(
     questions: list[str],
     rounds: list[int],
     base: Settings,
+    batch: int = 1,
 ) -> list[dict]:
     rows = []
     for r in rounds:
-        settings = Settings(
-            r,
-            base.latent_steps,
-            base.max_new_tokens,
-            base.text_tokens,
-            base.temperature,
-            base.top_p,
-            base.seed,
-        )
+        settings = replace(base, rounds=r)
         totals = {"latent": ModeTotals(), "text": ModeTotals()}
-        for question in questions:
+        for start in range(0, len(questions), batch):
+            group = questions[start : start + batch]
             for mode in ("text", "latent"):
-                result = run(
-                    mode, pattern, agents, question, settings, links if mode == "latent" else None
-                )
-                total = totals[mode]
-                total.seconds += result.seconds
-                total.tokens_generated += result.tokens_generated
-                total.positions_processed += result.total("positions_processed")
+                chosen = links if mode == "latent" else None
+                for result in run_batch(mode, pattern, agents, group, settings, chosen):
+                    total = totals[mode]
+                    total.seconds += result.seconds  # a share of its batch's time
+                    total.tokens_generated += result.tokens_generated
+                    total.positions_processed += result.total("positions_processed")
         latent, text = totals["latent"], totals["text"]
         rows.append(
             {
                 "rounds": r,
                 "speedup": text.seconds / latent.seconds,
                 "token_reduction": 1 - latent.tokens_generated / max(text.tokens_generated, 1),
+                "questions_per_second": {
+                    "latent": len(questions) / latent.seconds,
+                    "text": len(questions) / text.seconds,
+                },
                 "latent": vars(latent),
                 "text": vars(text),
             }

@@ -124,6 +124,13 @@ def _print_result(result: RunResult) -> None:
 )
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Keep each agent's prompt before the {latent} slot between rounds instead of running "
+    "it again (same results, fewer positions processed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per mode.")
 def run_command(
     question: str,
@@ -140,6 +147,7 @@ def run_command(
     temperature: float,
     top_p: float,
     seed: int,
+    share_prefix: bool,
     as_json: bool,
 ) -> None:
     """Run QUESTION through a pattern of agents, in latent space, in text, or both.
@@ -155,7 +163,9 @@ def run_command(
     Example:
       mlcpatch run --model artifacts/tiny-qwen2 --pattern sequential --rounds 2 "What is 6*7?"
     """
-    settings = Settings(rounds, latent_steps, max_new_tokens, text_tokens, temperature, top_p, seed)
+    settings = Settings(
+        rounds, latent_steps, max_new_tokens, text_tokens, temperature, top_p, seed, share_prefix
+    )
     if save_links and link_file:
         raise click.UsageError("--save-links writes fitted links; it cannot be used with --links")
     system, agents = _agents(pattern, models)
@@ -202,6 +212,19 @@ def run_command(
 @click.option("--text-tokens", type=int, default=48, show_default=True)
 @click.option("--questions", type=int, default=0, help="Use only the first N questions (0: all).")
 @click.option(
+    "--share-prefix/--no-share-prefix",
+    default=True,
+    show_default=True,
+    help="Keep each agent's prompt before the {latent} slot between rounds (both modes alike).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Questions each mode runs at once (batched forwards, the same answers).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench"),
@@ -218,12 +241,16 @@ def bench_command(
     max_new_tokens: int,
     text_tokens: int,
     questions: int,
+    share_prefix: bool,
+    batch: int,
     out: Path,
 ) -> None:
     """Latent vs text on a fixed question set: speedup and token reduction per round count.
 
     Greedy decoding, the same agents and prompts in both modes, one after the other on this
-    machine. Writes OUT/bench.json and OUT/bench.png and prints a table.
+    machine. Writes OUT/bench.json and OUT/bench.png and prints a table: speedup, tokens,
+    seconds of each mode over all questions, and questions per second. Run it with and without
+    --share-prefix, or with several --batch sizes, to see what each saves.
     """
     try:
         round_list = [int(r) for r in rounds.split(",") if r.strip()]
@@ -231,7 +258,9 @@ def bench_command(
         raise LoopError(f"--rounds takes comma-separated integers, not {rounds!r}") from None
     if not round_list or min(round_list) < 1:
         raise LoopError(f"--rounds takes round counts of at least 1, not {rounds!r}")
-    settings = Settings(max(round_list), latent_steps, max_new_tokens, text_tokens)
+    settings = Settings(
+        max(round_list), latent_steps, max_new_tokens, text_tokens, share_prefix=share_prefix
+    )
     system, agents = _agents(pattern, models)
     links = (
         Links.load(link_file, system, agents)
@@ -239,11 +268,13 @@ def bench_command(
         else fitted_links(system, agents, link_form)
     )
     chosen = bench_questions()[: questions or None]
-    rows = bench(system, agents, links, chosen, round_list, settings)
+    rows = bench(system, agents, links, chosen, round_list, settings, batch)
     report = {
         "pattern": system.name,
         "models": list(models),
         "latent_steps": latent_steps,
+        "share_prefix": share_prefix,
+        "batch": batch,
         "questions": chosen,
         "links": link_file or f"closed-form {link_form}",
         "results": rows,
@@ -253,13 +284,18 @@ def bench_command(
     tmp_png = out / ".bench.png.tmp"
     plot(rows, tmp_png, f"{system.name}, m={latent_steps}, {len(chosen)} questions")
     tmp_png.replace(out / "bench.png")
+    click.echo(f"share prefix: {'on' if share_prefix else 'off'}, batch {batch}")
     click.echo(
-        f"{'R':>2} {'speedup':>8} {'tokens text':>12} {'tokens latent':>14} {'reduction':>10}"
+        f"{'R':>2} {'speedup':>8} {'tokens text':>12} {'tokens latent':>14} {'reduction':>10} "
+        f"{'s text':>8} {'s latent':>9} {'q/s text':>9} {'q/s latent':>11}"
     )
     for row in rows:
+        qps = row["questions_per_second"]
         click.echo(
             f"{row['rounds']:>2} {row['speedup']:>7.2f}x {row['text']['tokens_generated']:>12} "
-            f"{row['latent']['tokens_generated']:>14} {row['token_reduction']:>9.0%}"
+            f"{row['latent']['tokens_generated']:>14} {row['token_reduction']:>9.0%} "
+            f"{row['text']['seconds']:>8.2f} {row['latent']['seconds']:>9.2f} "
+            f"{qps['text']:>9.3f} {qps['latent']:>11.3f}"
         )
     click.echo(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 

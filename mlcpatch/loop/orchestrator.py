@@ -3,11 +3,14 @@
 For each round, for each agent in pattern order:
 1. build its input from its template; what the agents it receives from handed over goes in the
    `{latent}` slot (vectors in latent mode, text in text mode);
-2. start a fresh sequence and run the input: `get_last_hidden` (latent) or `prefill` (text);
+2. run the input on the agent's own sequence: `get_last_hidden` (latent) or `prefill` (text).
+   With `share_prefix` the sequence keeps the prompt before the slot from the agent's previous
+   round (it is truncated back to it) and only the rest is run; without, it starts empty;
 3. latent: m thoughts, h -> inner(h) -> decode_last_hidden -> h; text: generate up to T tokens;
 4. hand over inner(L) through each receiver's outer link (latent) or the text (text mode);
 5. the last agent of the last round decodes the answer with prefill/decode and the sampler.
-Both modes count the same things the same way (see `AgentStep`).
+Both modes count the same things the same way (see `AgentStep`). `run_batch` takes several
+questions through the loop in lockstep, batching the model's forwards across them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from mlcpatch.links.forward import Link
 from mlcpatch.links.linkfile import LinkFile, LinkFileError
 from mlcpatch.loop.backends import ModelBackend
 from mlcpatch.loop.patterns import AgentRole, Pattern
-from mlcpatch.loop.prompts import latent_input, render, text_input
+from mlcpatch.loop.prompts import (
+    AgentInput,
+    common_prefix,
+    latent_parts,
+    render,
+    text_input,
+    text_parts,
+)
 from mlcpatch.loop.tools import run_tools
 from mlcpatch.runtime import sample
 
@@ -45,6 +55,9 @@ class Settings:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    # Keep each agent's prompt up to the `{latent}` slot in its KV-cache sequence between
+    # rounds and run only the rest (same results, fewer positions processed).
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -104,6 +117,7 @@ class AgentStep:
     bytes_handed: int  # what this agent handed to the next ones
     text: str = ""  # generated text (text mode, and the final answer)
     tool_results: list[str] = field(default_factory=list)
+    positions_reused: int = 0  # leading input positions kept from this agent's previous round
 
 
 @dataclass
@@ -154,6 +168,7 @@ class RunResult:
             "answer": self.answer,
             "tokens_generated": self.tokens_generated,
             "positions_processed": self.total("positions_processed"),
+            "positions_reused": self.total("positions_reused"),
             "latent_steps": self.total("latent_steps"),
             "bytes_handed": self.total("bytes_handed"),
             "seconds": self.seconds,
@@ -165,26 +180,60 @@ class RunResult:
 Progress = Callable[[str, int, str], None]  # (event, round, agent)
 
 
-def _generate(
+class _Slots:
+    """Where each (question, agent) keeps its sequence: agents sharing a model get their own
+    sequences in its KV cache, and so does every question of a batch."""
+
+    def __init__(self, agents: list[Agent], questions: int) -> None:
+        owners: dict[int, list[int]] = {}  # id(backend) -> indices of the agents on it
+        for index, agent in enumerate(agents):
+            owners.setdefault(id(agent.backend), []).append(index)
+        self._seq: dict[tuple[int, int], int] = {}
+        for indices in owners.values():
+            for q in range(questions):
+                for local, index in enumerate(indices):
+                    self._seq[(q, index)] = q * len(indices) + local
+            agents[indices[0]].backend.open_sequences(questions * len(indices))
+
+    def __call__(self, question: int, agent: int) -> int:
+        return self._seq[(question, agent)]
+
+
+def _generate_batch(
     backend: ModelBackend,
-    embeds: np.ndarray,
+    seqs: list[int],
+    embeds: list[np.ndarray],
     budget: int,
     settings: Settings,
-    rng: np.random.Generator,
-) -> tuple[list[int], str]:
-    """Prefill then sample up to `budget` tokens; (token ids incl. a stop token, text)."""
+    rngs: list[np.random.Generator],
+) -> list[tuple[list[int], str]]:
+    """Prefill each sequence, then sample up to `budget` tokens for each, decoding the ones
+    still going together; per sequence (token ids incl. a stop token, text)."""
     stops = set(backend.default_stop_ids())
-    logits = backend.prefill(embeds)
-    tokens: list[int] = []
+    greedy = settings.temperature <= 0
+    first = backend.prefill_batch(seqs, embeds)
+    logits = {i: first[i] for i in range(len(seqs))}
+    tokens: list[list[int]] = [[] for _ in seqs]
+    live = list(range(len(seqs)))  # indices still sampling; logits[i] gives their next token
     for step in range(budget):
-        token = sample(logits, settings.temperature, settings.top_p, settings.temperature <= 0, rng)
-        tokens.append(token)
-        if token in stops:
+        going = []
+        for i in live:
+            token = sample(logits[i], settings.temperature, settings.top_p, greedy, rngs[i])
+            tokens[i].append(token)
+            if token not in stops:
+                going.append(i)
+        live = going
+        if not live or step + 1 >= budget:
             break
-        if step + 1 < budget:
-            logits = backend.decode(backend.embed([token]))
-    text_ids = [t for t in tokens if t not in stops]
-    return tokens, backend.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        out = backend.decode_batch(
+            [seqs[i] for i in live], backend.embed([tokens[i][-1] for i in live])
+        )
+        logits = dict(zip(live, out, strict=True))
+    results = []
+    for ids in tokens:
+        text_ids = [t for t in ids if t not in stops]
+        results.append((ids, backend.tokenizer.decode(text_ids, skip_special_tokens=True).strip()))
+    return results
 
 
 def _check_system(pattern: Pattern, agents: list[Agent], links: Links | None) -> None:
@@ -215,6 +264,127 @@ def _check_system(pattern: Pattern, agents: list[Agent], links: Links | None) ->
             )
 
 
+@dataclass
+class _Question:
+    """One question's state in a batched run."""
+
+    text: str
+    rng: np.random.Generator
+    handed: dict[str, np.ndarray | str] = field(default_factory=dict)  # sender -> latest
+    steps: list[AgentStep] = field(default_factory=list)
+    answer: str = ""
+
+
+def _agent_input(
+    mode: str, backend: ModelBackend, role: AgentRole, item: _Question, links: Links | None
+) -> tuple[AgentInput, list[str]]:
+    """Step 1 for one question: the agent's input and its tool results."""
+    tool_results = run_tools(role.tools, item.text) if role.tools else []
+    prompt = render(backend.tokenizer, role, item.text, "\n".join(tool_results) or "none")
+    senders = [s for s in role.receives if s in item.handed]
+    if mode == "latent":
+        vectors = [links.outer[(s, role.name)](item.handed[s]) for s in senders]  # type: ignore[union-attr]
+        return latent_parts(backend, prompt, np.concatenate(vectors) if vectors else None), (
+            tool_results
+        )
+    text = "\n\n".join(f"[{s}] {item.handed[s]}" for s in senders)
+    return text_parts(backend, prompt, text), tool_results
+
+
+def run_batch(
+    mode: str,
+    pattern: Pattern,
+    agents: list[Agent],
+    questions: list[str],
+    settings: Settings,
+    links: Links | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[RunResult]:
+    """Full runs of the system in `mode` for several questions at once, in lockstep: each agent
+    takes its turn for every question together (one ragged prefill, batched decode steps), so
+    the questions share the model's forwards. Each question has its own sequences and its own
+    sampler, so its result is what `run` gives it alone; its seconds are an equal share of the
+    batch's wall time."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    if mode == "latent" and links is None:
+        raise ValueError("latent mode needs links (a link file or the closed-form start)")
+    if not questions:
+        return []
+    _check_system(pattern, agents, links if mode == "latent" else None)
+    notify = progress or (lambda event, rnd, agent: None)
+    batch = [_Question(q, np.random.default_rng(settings.seed)) for q in questions]
+    start = time.perf_counter()
+    slots = _Slots(agents, len(batch))
+    # (question, agent) -> the prompt-prefix token ids its sequence starts with
+    held: dict[tuple[int, int], list[int]] = {}
+    for rnd in range(1, settings.rounds + 1):
+        for index, agent in enumerate(agents):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("run stopped")
+            role, backend = agent.role, agent.backend
+            final = rnd == settings.rounds and index == len(agents) - 1
+            notify("agent", rnd, role.name)
+            began = time.perf_counter()
+            seqs, rest, steps = [], [], []
+            for q, item in enumerate(batch):
+                given, tool_results = _agent_input(mode, backend, role, item, links)
+                stable = given.head_ids[: given.stable_prefix]
+                reuse = 0
+                if settings.share_prefix:
+                    reuse = common_prefix(stable, held.get((q, index), []))
+                    reuse = min(reuse, len(given.embeds) - 1)  # run at least the last position
+                seqs.append(slots(q, index))
+                reuse = backend.truncate(seqs[-1], reuse)  # 0: the backend starts it over
+                held[(q, index)] = stable
+                rest.append(given.embeds[reuse:])
+                n = len(given.embeds)
+                step = AgentStep(rnd, role.name, n, 0, 0, n - reuse, 0.0, 0)
+                step.tool_results, step.positions_reused = tool_results, reuse
+                steps.append(step)
+            if final or mode == "text":
+                budget = settings.max_new_tokens if final else settings.text_tokens
+                rngs = [item.rng for item in batch]
+                outputs = _generate_batch(backend, seqs, rest, budget, settings, rngs)
+                receivers = sum(role.name in a.role.receives for a in agents)
+                for item, step, (tokens, text) in zip(batch, steps, outputs, strict=True):
+                    step.tokens_generated = len(tokens)
+                    step.positions_processed += max(len(tokens) - 1, 0)  # the last: never fed back
+                    step.text = text
+                    if final:
+                        item.answer = text
+                    else:
+                        item.handed[role.name] = text
+                        step.bytes_handed = len(text.encode("utf-8")) * receivers
+            else:
+                inner = links.inner[role.name]  # type: ignore[union-attr]
+                h = np.stack([x[-1] for x in backend.get_last_hidden_batch(seqs, rest)])
+                thoughts = []
+                for _ in range(settings.latent_steps):
+                    h = backend.decode_last_hidden_batch(seqs, np.stack([inner(x) for x in h]))
+                    thoughts.append(h)
+                    notify("latent", rnd, role.name)
+                handed_bytes = sum(
+                    settings.latent_steps * a.backend.hidden_size * 4
+                    for a in agents
+                    if role.name in a.role.receives
+                )
+                for q, (item, step) in enumerate(zip(batch, steps, strict=True)):
+                    step.latent_steps = settings.latent_steps
+                    step.positions_processed += settings.latent_steps
+                    item.handed[role.name] = inner(np.stack([t[q] for t in thoughts]))
+                    step.bytes_handed = handed_bytes
+            seconds = (time.perf_counter() - began) / len(batch)
+            for item, step in zip(batch, steps, strict=True):
+                step.seconds = seconds
+                item.steps.append(step)
+    seconds = (time.perf_counter() - start) / len(batch)
+    return [
+        RunResult(mode, pattern.name, item.text, item.answer, seconds, item.steps) for item in batch
+    ]
+
+
 def run(
     mode: str,
     pattern: Pattern,
@@ -226,99 +396,45 @@ def run(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """One full run of the system in `mode` ("latent" or "text")."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}")
-    if mode == "latent" and links is None:
-        raise ValueError("latent mode needs links (a link file or the closed-form start)")
-    _check_system(pattern, agents, links if mode == "latent" else None)
-    notify = progress or (lambda event, rnd, agent: None)
-    rng = np.random.default_rng(settings.seed)
-    handed: dict[str, np.ndarray | str] = {}  # sender -> its latest thoughts (or text)
-    steps: list[AgentStep] = []
-    answer = ""
+    return run_batch(mode, pattern, agents, [question], settings, links, progress, should_stop)[0]
+
+
+def run_single_batch(
+    pattern: Pattern, agents: list[Agent], questions: list[str], settings: Settings
+) -> list[RunResult]:
+    """The baseline: the final agent's model alone, with the final agent's role and tools, an
+    empty `{latent}` slot and the same answer budget (`max_new_tokens`) as the loop's answer.
+    Several questions go through together, as in `run_batch`."""
+    if not questions:
+        return []
+    role, backend = agents[-1].role, agents[-1].backend
     start = time.perf_counter()
-    for rnd in range(1, settings.rounds + 1):
-        for index, agent in enumerate(agents):
-            if should_stop is not None and should_stop():
-                raise InterruptedError("run stopped")
-            role, backend = agent.role, agent.backend
-            final = rnd == settings.rounds and index == len(agents) - 1
-            notify("agent", rnd, role.name)
-            began = time.perf_counter()
-            tool_results = run_tools(role.tools, question) if role.tools else []
-            prompt = render(backend.tokenizer, role, question, "\n".join(tool_results) or "none")
-            senders = [s for s in role.receives if s in handed]
-            if mode == "latent":
-                vectors = [links.outer[(s, role.name)](handed[s]) for s in senders]  # type: ignore[union-attr]
-                embeds = latent_input(backend, prompt, np.concatenate(vectors) if vectors else None)
-            else:
-                text = "\n\n".join(f"[{s}] {handed[s]}" for s in senders)
-                embeds = text_input(backend, prompt, text)
-            backend.reset()
-            step = AgentStep(
-                rnd, role.name, len(embeds), 0, 0, len(embeds), 0.0, 0, tool_results=tool_results
-            )
-            if final or mode == "text":
-                budget = settings.max_new_tokens if final else settings.text_tokens
-                tokens, text = _generate(backend, embeds, budget, settings, rng)
-                step.tokens_generated = len(tokens)
-                step.positions_processed += max(len(tokens) - 1, 0)  # the last is never fed back
-                step.text = text
-                if final:
-                    answer = text
-                else:
-                    handed[role.name] = text
-                    receivers = sum(role.name in a.role.receives for a in agents)
-                    step.bytes_handed = len(text.encode("utf-8")) * receivers
-            else:
-                inner = links.inner[role.name]  # type: ignore[union-attr]
-                h = backend.get_last_hidden(embeds)[-1]
-                thoughts = []
-                for _ in range(settings.latent_steps):
-                    h = backend.decode_last_hidden(inner(h))
-                    thoughts.append(h)
-                    notify("latent", rnd, role.name)
-                step.latent_steps = settings.latent_steps
-                step.positions_processed += settings.latent_steps
-                handed[role.name] = inner(np.stack(thoughts))
-                step.bytes_handed = sum(
-                    settings.latent_steps * a.backend.hidden_size * 4
-                    for a in agents
-                    if role.name in a.role.receives
-                )
-            step.seconds = time.perf_counter() - began
-            steps.append(step)
-    return RunResult(mode, pattern.name, question, answer, time.perf_counter() - start, steps)
+    backend.open_sequences(len(questions))
+    tool_results, embeds = [], []
+    for question in questions:
+        tools = run_tools(role.tools, question) if role.tools else []
+        prompt = render(backend.tokenizer, role, question, "\n".join(tools) or "none")
+        tool_results.append(tools)
+        embeds.append(text_input(backend, prompt, ""))
+    rngs = [np.random.default_rng(settings.seed) for _ in questions]
+    seqs = list(range(len(questions)))
+    outputs = _generate_batch(backend, seqs, embeds, settings.max_new_tokens, settings, rngs)
+    seconds = (time.perf_counter() - start) / len(questions)
+    results = []
+    for question, tools, given, (tokens, text) in zip(
+        questions, tool_results, embeds, outputs, strict=True
+    ):
+        n, fed_back = len(given), max(len(tokens) - 1, 0)
+        step = AgentStep(1, role.name, n, 0, len(tokens), n + fed_back, seconds, 0, text, tools)
+        results.append(RunResult("single", pattern.name, question, text, seconds, [step]))
+    return results
 
 
 def run_single(
     pattern: Pattern, agents: list[Agent], question: str, settings: Settings
 ) -> RunResult:
-    """The baseline: the final agent's model alone, with the final agent's role and tools, an
-    empty `{latent}` slot and the same answer budget (`max_new_tokens`) as the loop's answer."""
-    agent = agents[-1]
-    role, backend = agent.role, agent.backend
-    rng = np.random.default_rng(settings.seed)
-    start = time.perf_counter()
-    tool_results = run_tools(role.tools, question) if role.tools else []
-    prompt = render(backend.tokenizer, role, question, "\n".join(tool_results) or "none")
-    embeds = text_input(backend, prompt, "")
-    backend.reset()
-    tokens, text = _generate(backend, embeds, settings.max_new_tokens, settings, rng)
-    seconds = time.perf_counter() - start
-    step = AgentStep(
-        1,
-        role.name,
-        len(embeds),
-        0,
-        len(tokens),
-        len(embeds) + max(len(tokens) - 1, 0),
-        seconds,
-        0,
-        text=text,
-        tool_results=tool_results,
-    )
-    return RunResult("single", pattern.name, question, text, seconds, [step])
+    """`run_single_batch` for one question."""
+    return run_single_batch(pattern, agents, [question], settings)[0]
 
 
 def compare(latent: RunResult, text: RunResult) -> dict[str, float]:

@@ -44,7 +44,8 @@ def hub_payloads(
 
 
 def release_payloads(artifact: Artifact, links: list[Payload]) -> list[Payload]:
-    """The WebGPU libraries (by base name: release assets are flat) and the link files."""
+    """The browser libraries (WebGPU and wasm CPU; by base name: release assets are flat) and the
+    link files."""
     wasm = [
         Payload(pathlib.PurePosixPath(p.name).name, p.size, p.sha256, path=p.path)
         for p in artifact.wasm_files()
@@ -52,8 +53,8 @@ def release_payloads(artifact: Artifact, links: list[Payload]) -> list[Payload]:
     payloads = wasm + links
     if not payloads:
         raise PublishError(
-            f"{artifact.folder} has no .wasm (build with TARGET=llvm,webgpu) and no --links were "
-            "given: nothing to put in a GitHub release"
+            f"{artifact.folder} has no .wasm (build with TARGET=llvm,webgpu,wasm) and no --links "
+            "were given: nothing to put in a GitHub release"
         )
     names = [p.name for p in payloads]
     if len(set(names)) != len(names):

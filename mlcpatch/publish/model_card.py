@@ -43,6 +43,10 @@ def _summary(artifact: Artifact) -> list[str]:
         ("prefill chunk", options.get("prefill_chunk_size", "unknown")),
         ("conversation template", options.get("conv_template", "unknown")),
     ]
+    if options.get("cpu"):
+        rows.append(
+            ("CPU library built for", f"`{options['cpu']}` (needs a CPU with its instructions)")
+        )
     if patch:
         added = patch.get("functions_added") or ["get_last_hidden", "decode_last_hidden"]
         rows.append(
@@ -94,6 +98,12 @@ def _how_to_load(artifact: Artifact, repo_id: str, endpoint: str) -> list[str]:
             "Browser (WebGPU), with `@mlc-ai/web-runtime`: fetch the weights with",
             f'`fetchTensorCache("{base}", tvm.webgpu())` and instantiate',
             f"`{base}{libraries['webgpu']}`; `mlc-chat-config.json` holds the model settings.",
+            "",
+        ]
+    if "wasm" in libraries:
+        lines += [
+            "Browser without WebGPU (the CPU, WebAssembly): the same with `tvm.cpu()` and",
+            f"`{base}{libraries['wasm']}` (no GPU pipelines to load).",
             "",
         ]
     return lines

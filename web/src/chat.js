@@ -1,9 +1,12 @@
 // The chat page: pick an artifact folder served by `mlcpatch serve`, load it, chat with it.
 // `?model=NAME` loads NAME at once; a name the server does not offer is reported, and no other
 // model is picked in its place. Stop ends an answer early (the partial answer stays, marked);
-// the page shows how much the browser's cache holds and can clear it.
+// the page shows how much the browser's cache holds and can clear it. Models run on WebGPU when
+// the browser has it and the folder has a WebGPU library, else on the CPU (the folder's wasm
+// library); `?device=cpu` (or `webgpu`) forces one, and the page says which runs.
 
 import { detectWebGPU } from "./detect.js";
+import { canRun, chooseDevice, DEVICES, parseDeviceRequest } from "./device.js";
 import { setMarkdown } from "./markdown.js";
 import {
   cacheUsage,
@@ -24,6 +27,8 @@ const state = {
   abort: null, // the AbortController of the answer being generated
   artifacts: [],
   persisted: null, // navigator.storage.persist()'s answer, asked once after the first load
+  requested: "auto", // the device asked for (?device=): "auto", "webgpu" or "cpu"
+  gpu: null, // detectWebGPU()'s answer (null when the CPU is forced: WebGPU is not consulted)
 };
 // Exposed for debugging in the console and for the browser tests.
 window.mlcpatch = state;
@@ -139,9 +144,11 @@ async function load(entry) {
   $("progress").hidden = false;
   state.engine?.dispose();
   state.engine = null;
+  $("device-status").hidden = true;
   try {
     const { Engine } = await import("./engine.js");
     state.engine = await Engine.load(entry.url, {
+      device: state.requested,
       onProgress: ({ progress, text }) => {
         $("progress-bar").value = progress;
         $("progress-text").textContent = `${Math.round(progress * 100)}% ${text}`;
@@ -153,6 +160,9 @@ async function load(entry) {
     const t = state.engine.loadTimings;
     const from = state.engine.wasmSource === "cache" ? " (library from the browser's cache)" : "";
     $("stats").textContent = `${entry.name} loaded in ${(t.totalMs / 1000).toFixed(1)} s${from}`;
+    $("device-status").textContent =
+      `Running on ${state.engine.deviceLabel}: ${state.engine.deviceReason}.`;
+    $("device-status").hidden = false;
     await requestPersistence();
     document.body.dataset.state = "ready";
   } catch (err) {
@@ -238,37 +248,71 @@ function stop() {
   updateButtons(); // Stop is disabled until the engine has stopped (after at most one step)
 }
 
+function showNoWebGPU(reason, cpuNote) {
+  $("gpu-status").textContent = "WebGPU unavailable";
+  $("no-webgpu-reason").textContent = reason;
+  setRichText($("no-webgpu-cpu"), cpuNote);
+  setRichText($("no-webgpu-help"), webgpuAdvice());
+  $("no-webgpu").hidden = false;
+  document.body.dataset.state = "no-webgpu";
+}
+
+/** The device a served artifact would run on here, for its label ("" when none). */
+function deviceOf(artifact) {
+  try {
+    return chooseDevice(artifact.libraries, state.requested, state.gpu).device;
+  } catch {
+    return "";
+  }
+}
+
 async function main() {
-  const gpu = await detectWebGPU();
-  if (!gpu.ok) {
-    $("gpu-status").textContent = "WebGPU unavailable";
-    $("no-webgpu-reason").textContent = gpu.reason;
-    setRichText($("no-webgpu-help"), webgpuAdvice());
-    $("no-webgpu").hidden = false;
-    document.body.dataset.state = "no-webgpu";
+  state.requested = parseDeviceRequest(params.get("device")); // a bad value: the page says so
+  const gpu = state.requested === "cpu" ? null : await detectWebGPU();
+  state.gpu = gpu;
+  let all = [];
+  let listError = null;
+  try {
+    all = await listArtifacts();
+  } catch (err) {
+    listError = err;
+  }
+  const artifacts = all.filter((a) => canRun(a.libraries, state.requested, gpu));
+  const cpuBuilds = all.filter((a) => a.libraries?.[DEVICES.cpu.library]);
+  if (gpu && !gpu.ok && (state.requested === "webgpu" || (!listError && !artifacts.length))) {
+    showNoWebGPU(
+      gpu.reason,
+      state.requested === "webgpu"
+        ? "This page was asked for WebGPU (device=webgpu)."
+        : "Without WebGPU, a model runs on the CPU when its folder has a CPU (wasm) library; " +
+            `none of the served ones has (${cpuBuilds.length} of ${all.length}): build one with ` +
+            "`mlcpatch build … --target llvm,webgpu,wasm`.",
+    );
     return;
   }
-  const info = gpu.adapterInfo;
-  $("gpu-status").textContent = `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim();
-  const warning = softwareAdapterWarning(info);
-  if (warning) {
-    setRichText($("adapter-warning"), warning);
-    $("adapter-warning").hidden = false;
+  if (!gpu) {
+    $("gpu-status").textContent = `Models run on the ${DEVICES.cpu.label}: asked for with device=cpu`;
+  } else if (!gpu.ok) {
+    $("gpu-status").textContent = `WebGPU unavailable: models run on the ${DEVICES.cpu.label}`;
+  } else {
+    const info = gpu.adapterInfo;
+    $("gpu-status").textContent = `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim();
+    const warning = softwareAdapterWarning(info);
+    if (warning) {
+      setRichText($("adapter-warning"), warning);
+      $("adapter-warning").hidden = false;
+    }
   }
   $("app").hidden = false;
-  let artifacts = [];
-  try {
-    artifacts = (await listArtifacts()).filter((a) => a.webgpu);
-  } catch (err) {
-    showError($("load-error"), `Cannot list models: ${err.message}`);
-  }
+  if (listError) showError($("load-error"), `Cannot list models: ${listError.message}`);
   state.artifacts = artifacts;
-  if (artifacts.length === 0) {
+  if (artifacts.length === 0 && !listError) {
+    const need = state.requested === "cpu" ? "a CPU (wasm)" : "a WebGPU or CPU (wasm)";
     showError(
       $("load-error"),
-      "No artifact folder with a WebGPU build is served. Build one with " +
-        "`mlcpatch build --arch qwen2 --model tiny-random --target llvm,webgpu` and restart " +
-        "`mlcpatch serve`.",
+      `No artifact folder with ${need} library is served. Build one with ` +
+        "`mlcpatch build --arch qwen2 --model tiny-random --target llvm,webgpu,wasm` and " +
+        "restart `mlcpatch serve`.",
     );
   }
   const wanted = params.get("model");
@@ -280,13 +324,14 @@ async function main() {
       showError(
         $("load-error"),
         `No served model named ${wanted} (served: ${artifacts.map((a) => a.name).join(", ")}). ` +
-          "Pick one and press Load, or build it with `mlcpatch build … --target llvm,webgpu`.",
+          "Pick one and press Load, or build it with `mlcpatch build … --target llvm,webgpu,wasm`.",
       );
     }
   }
   for (const a of artifacts) {
     const size = sizeText(a);
-    const label = `${a.name} (${a.model_type}, ${a.quantization}${size ? `, ${size}` : ""})`;
+    const on = deviceOf(a) === "cpu" ? ", on the CPU" : "";
+    const label = `${a.name} (${a.model_type}, ${a.quantization}${size ? `, ${size}` : ""}${on})`;
     $("model-select").append(new Option(label, a.name));
   }
   if (known) $("model-select").value = wanted;

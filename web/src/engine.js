@@ -1,8 +1,10 @@
-// The in-browser engine: one mlcpatch artifact folder running on WebGPU.
+// The in-browser engine: one mlcpatch artifact folder running on WebGPU, or on the CPU (its
+// wasm32 build) when the browser has no WebGPU, the folder has no WebGPU library, or the page
+// asks for it (chooseDevice).
 //
 // Mirrors mlcpatch/runtime.py verb for verb (embed, prefill, decode, getLastHidden,
 // decodeLastHidden, reset, generate) so the latent-loop orchestrator is written once per
-// language against the same interface. Results stay on the GPU as DeviceTensor objects; only
+// language against the same interface. Results stay on the device as DeviceTensor objects; only
 // toArray() (or generate()'s sampler) reads anything back.
 //
 // The npm packages are UMD bundles: imported for their side effect, they define
@@ -12,9 +14,10 @@ import "../node_modules/@mlc-ai/web-runtime/lib/index.js";
 import "../node_modules/@mlc-ai/web-tokenizers/lib/index.js";
 import { renderChatTemplate } from "./chat_template.js";
 import { detectWebGPU, WebGPUUnavailableError } from "./detect.js";
+import { chooseDevice, DeviceError, DEVICES, parseDeviceRequest } from "./device.js";
 import { makeRng, sampleToken } from "./sampling.js";
 
-export { detectWebGPU, WebGPUUnavailableError };
+export { chooseDevice, DeviceError, DEVICES, detectWebGPU, WebGPUUnavailableError };
 
 const tvmjs = globalThis.tvmjs;
 const { Tokenizer } = globalThis.tokenizers;
@@ -40,7 +43,8 @@ export class ArtifactError extends Error {
   }
 }
 
-/** A tensor on the engine's GPU. Call dispose() when done (GPU memory is not GC'd). */
+/** A tensor on the engine's device (GPU, or the wasm heap on the CPU). Call dispose() when
+ *  done (neither is garbage-collected). */
 export class DeviceTensor {
   constructor(engine, tensor, shape) {
     this.engine = engine;
@@ -396,8 +400,12 @@ export class Engine {
    * options: onProgress({stage, progress, text}), contextWindowSize, prefillChunkSize,
    * cacheScope (Cache Storage name for the weights; default keyed by their hash),
    * cacheWasm (keep the library in Cache Storage; default true),
-   * device (a GPUDevice to share), logger(msg), signal (AbortSignal).
-   * engine.wasmSource says where the library came from: "cache" or "network".
+   * device: "auto" (default: WebGPU when the browser has it and the folder has a WebGPU
+   * library, else the wasm CPU library), "webgpu", "cpu", or a GPUDevice to share (WebGPU);
+   * logger(msg), signal (AbortSignal).
+   * engine.deviceKind says which device runs it ("webgpu" or "cpu"), engine.deviceLabel and
+   * engine.deviceReason say it in words; engine.wasmSource says where the library came from:
+   * "cache" or "network".
    */
   static async load(url, options = {}) {
     const base = new URL(url, globalThis.location?.href).href.replace(/\/?$/, "/");
@@ -428,14 +436,13 @@ export class Engine {
     if (!isObject(config)) throw new ArtifactError(`${base}${CHAT_CONFIG}: expected a JSON object`);
     const manifest = files.manifest;
     checkRuntimeLimits(base, config, options);
-    const wasmName = config.model_lib?.webgpu;
-    if (!wasmName) {
-      throw new ArtifactError(
-        `${base}: no WebGPU library in this artifact (model_lib has ` +
-          `${Object.keys(config.model_lib ?? {}).join(", ") || "nothing"}); rebuild it with ` +
-          "`mlcpatch build ... --target llvm,webgpu`",
-      );
-    }
+    const sharedGpu = isObject(options.device) ? options.device : null;
+    const requested = sharedGpu ? "webgpu" : parseDeviceRequest(options.device);
+    // WebGPU is detected only when it is a candidate: a forced CPU load never touches it.
+    const wantsGpu = requested !== "cpu" && typeof config.model_lib?.webgpu === "string";
+    const gpu = sharedGpu ? { ok: true } : wantsGpu ? await detectWebGPU() : null;
+    const choice = chooseDevice(config.model_lib, requested, gpu);
+    const wasmName = config.model_lib[DEVICES[choice.device].library];
     // Everything fetched below is named by the folder's own files: keep each inside it, and
     // listed, so a hash covers all of it (the shards are checked when tensor-cache.json comes).
     files.requireInside(wasmName, "library");
@@ -443,13 +450,11 @@ export class Engine {
     if (!Array.isArray(manifest.param_names) || manifest.param_names.length === 0) {
       throw new ArtifactError(`${base}${MANIFEST}: no param_names list`);
     }
-    let device = options.device;
-    if (!device) {
-      const gpu = await detectWebGPU();
-      if (!gpu.ok) throw new WebGPUUnavailableError(gpu.reason);
+    let gpuDevice = sharedGpu;
+    if (choice.device === "webgpu" && !gpuDevice) {
       const detected = await tvmjs.detectGPUDevice();
       if (!detected) throw new WebGPUUnavailableError("No WebGPU device could be created.");
-      device = detected.device;
+      gpuDevice = detected.device;
     }
     finish("config");
 
@@ -467,7 +472,7 @@ export class Engine {
       }
       const bytes = await files.fetch(
         wasmName,
-        "the WebGPU library",
+        `the ${DEVICES[choice.device].library} library`,
         options.signal,
         (loaded, total) =>
           report("wasm", loaded / total, `Downloading ${wasmName} (${mb(loaded)}/${mb(total)} MB)`),
@@ -480,7 +485,7 @@ export class Engine {
     const tvm = await timed("instantiateMs", () =>
       tvmjs.instantiate(wasm.buffer, tvmjs.createPolyfillWASI(), logger),
     );
-    tvm.initWebGPU(device);
+    if (gpuDevice) tvm.initWebGPU(gpuDevice);
     finish("wasm");
 
     tvm.registerInitProgressCallback((r) => {
@@ -490,7 +495,7 @@ export class Engine {
         report("weights", r.progress, "Weights: " + r.text);
       }
     });
-    const dev = tvm.webgpu();
+    const dev = choice.device === "webgpu" ? tvm.webgpu() : tvm.cpu();
     const cacheScope = options.cacheScope ?? weightsCacheScope(manifest);
     report("weights", 0, "Downloading weights");
     // tvmjs fetches tensor-cache.json and the shards through this cache (Cache Storage): each
@@ -508,19 +513,25 @@ export class Engine {
     );
     finish("tokenizer");
 
-    const engine = new Engine(tvm, dev, device, config, manifest, tokenizer, options);
-    report("pipelines", 0, "Compiling GPU kernels");
-    await timed("pipelinesMs", () => tvm.asyncLoadWebGPUPipelines(engine.vm.getInternalModule()));
-    finish("pipelines");
+    const engine = new Engine(tvm, dev, gpuDevice, config, manifest, tokenizer, options);
+    if (choice.device === "webgpu") {
+      report("pipelines", 0, "Compiling GPU kernels");
+      await timed("pipelinesMs", () => tvm.asyncLoadWebGPUPipelines(engine.vm.getInternalModule()));
+    }
+    finish("pipelines"); // the CPU library has no kernels to compile at load
     engine.loadTimings = { ...timings, totalMs: performance.now() - started };
     engine.wasmSource = wasmSource;
+    engine.deviceKind = choice.device;
+    engine.deviceLabel = choice.label;
+    engine.deviceReason = choice.reason;
+    engine.libraryName = wasmName;
     onProgress({ stage: "ready", progress: 1, text: "Ready", elapsedMs: engine.loadTimings.totalMs });
     return engine;
   }
 
   constructor(tvm, dev, gpuDevice, config, manifest, tokenizer, options) {
     this.tvm = tvm;
-    this.device = dev;
+    this.device = dev; // tvm.webgpu() or tvm.cpu(): where tensors live
     this.gpuDevice = gpuDevice;
     this.config = config;
     this.manifest = manifest;

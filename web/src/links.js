@@ -308,19 +308,25 @@ function checkAgents(agents, links, source) {
     seen.add(agent.name);
   }
   if (!agents.length) return;
-  const dims = Object.fromEntries(agents.map((a) => [a.name, a.hiddenSize]));
-  for (const link of links.values()) {
-    const { spec } = link;
+  checkDims(links.values(), Object.fromEntries(agents.map((a) => [a.name, a.hiddenSize])), source, "its agents list");
+}
+
+/** Every link's ends name an agent of `dims` (the file's own agents list, or the models a run
+ * brings: `where` says which) whose hidden size equals the link's dim. Same wording as
+ * mlcpatch/links/linkfile.py. */
+function checkDims(links, dims, source, where) {
+  for (const { spec } of links) {
     for (const [role, agent, dim, side] of [
       ["from", spec.from, spec.inDim, "in_dim"],
       ["to", spec.to, spec.outDim, "out_dim"],
     ]) {
       if (!(agent in dims)) {
-        throw new LinkError(`${source}: link '${spec.name}' ${role} agent '${agent}' is not in the agents list`);
+        const names = Object.keys(dims).sort().join(", ");
+        throw new LinkError(`${source}: link '${spec.name}' ${role} agent '${agent}' is not in ${where} (agents: ${names})`);
       }
       if (dims[agent] !== dim) {
         throw new LinkError(
-          `${source}: link '${spec.name}' has ${side}=${dim} but agent '${agent}' has hidden_size=${dims[agent]}`,
+          `${source}: link '${spec.name}' has ${side}=${dim} but agent '${agent}' has hidden size ${dims[agent]} in ${where}`,
         );
       }
     }
@@ -350,21 +356,7 @@ export class LinkSet {
 
   /** @param {Record<string, number>} hiddenSizes agent name -> model hidden size */
   check(hiddenSizes, source = "links") {
-    for (const { spec } of this.links.values()) {
-      for (const [role, agent, dim, side] of [
-        ["from", spec.from, spec.inDim, "in_dim"],
-        ["to", spec.to, spec.outDim, "out_dim"],
-      ]) {
-        if (!(agent in hiddenSizes)) {
-          throw new LinkError(`${source}: link '${spec.name}' ${role} agent '${agent}' is not in this system`);
-        }
-        if (hiddenSizes[agent] !== dim) {
-          throw new LinkError(
-            `${source}: link '${spec.name}' has ${side}=${dim} but agent '${agent}'s model has hidden size ${hiddenSizes[agent]}`,
-          );
-        }
-      }
-    }
+    checkDims(this.links.values(), hiddenSizes, source, "this system");
   }
 }
 

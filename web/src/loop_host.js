@@ -57,19 +57,21 @@ export class LoopHost {
   }
 
   /** Load the artifact folders in `models` ([{name, url}]); then free the others. */
-  async load({ models }, emit) {
+  async load({ models, device = "auto" }, emit) {
     for (const { name, url } of models) {
-      if (this.engines.get(name)?.url === url) continue;
+      const had = this.engines.get(name);
+      if (had?.url === url && had.requested === device) continue;
       let engine;
       try {
         engine = await Engine.load(url, {
+          device,
           onProgress: (p) => emit({ kind: "load", model: name, progress: p.progress, text: p.text }),
         });
       } catch (err) {
         throw renamed(err, `Could not load model ${name}: ${err?.message ?? err}`);
       }
       this.engines.get(name)?.engine.dispose();
-      this.engines.set(name, { url, engine });
+      this.engines.set(name, { url, engine, requested: device });
     }
     // Only after every load succeeded: a failed load leaves the loaded models usable.
     const wanted = new Set(models.map((m) => m.name));
@@ -82,7 +84,12 @@ export class LoopHost {
     return Object.fromEntries(
       [...this.engines].map(([name, { engine }]) => [
         name,
-        { hiddenSize: engine.hiddenSize, vocabSize: engine.vocabSize, loadTimings: engine.loadTimings },
+        {
+          hiddenSize: engine.hiddenSize,
+          vocabSize: engine.vocabSize,
+          loadTimings: engine.loadTimings,
+          device: { device: engine.deviceKind, label: engine.deviceLabel, reason: engine.deviceReason },
+        },
       ]),
     );
   }

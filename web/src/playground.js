@@ -4,9 +4,12 @@
 //
 // URL parameters preset the form: pattern, model (every agent), models (comma-separated, one
 // per agent), links (a link file URL), question. A model the server does not offer is reported
-// and left unpicked (never replaced by another silently).
+// and left unpicked (never replaced by another silently). device (auto, webgpu, cpu) picks where
+// the models run: by default WebGPU when the browser has it and a folder has a WebGPU library,
+// else the CPU (the folder's wasm library); the page says which.
 
 import { renderChart } from "./chart.js";
+import { canRun, chooseDevice, DEVICES, parseDeviceRequest } from "./device.js";
 import { compare } from "./loop.js";
 import { setMarkdown } from "./markdown.js";
 import { handoffs, loadPatterns } from "./patterns.js";
@@ -36,6 +39,9 @@ const state = {
   errors: [], // every error shown, [{key, name, message}]
   events: [],
   final: false, // whether the agent now running writes the answer
+  requested: "auto", // the device asked for (?device=): "auto", "webgpu" or "cpu"
+  gpu: null, // WebGPU where the models run (null when the CPU is forced)
+  devices: {}, // model name -> {device, label, reason} of the loaded engines
 };
 window.playground = state;
 
@@ -91,7 +97,13 @@ async function listArtifacts() {
 function artifactLabel(a) {
   const hidden = a.hidden_size ? `, hidden ${a.hidden_size}` : "";
   const size = a.size_bytes != null ? `, ${formatBytes(a.size_bytes)}` : "";
-  return `${a.name} (${a.model_type ?? "?"}, ${a.quantization ?? "?"}${hidden}${size})`;
+  let on = "";
+  try {
+    on = chooseDevice(a.libraries, state.requested, state.gpu).device === "cpu" ? ", on the CPU" : "";
+  } catch {
+    // not offered anyway
+  }
+  return `${a.name} (${a.model_type ?? "?"}, ${a.quantization ?? "?"}${hidden}${size}${on})`;
 }
 
 function served(name) {
@@ -579,8 +591,13 @@ async function runModes(modes) {
   startLive(pattern);
   try {
     const wanted = [...new Set(models)].map((name) => ({ name, url: served(name).url }));
-    state.loaded = await state.client.request("load", { models: wanted }, { onEvent: (e) => onEvent(e, settings) });
+    state.loaded = await state.client.request(
+      "load",
+      { models: wanted, device: state.requested },
+      { onEvent: (e) => onEvent(e, settings) },
+    );
     $("load-progress").hidden = true;
+    showDevices(state.loaded);
     updateControls();
     setState("running");
     for (const mode of modes) {
@@ -632,25 +649,60 @@ async function stop() {
 
 // --- start ----------------------------------------------------------------------------------
 
+/** Say which device runs each loaded model (and why), in #device-status. */
+function showDevices(loaded) {
+  state.devices = Object.fromEntries(Object.entries(loaded).map(([name, m]) => [name, m.device]));
+  const byDevice = new Map();
+  for (const [name, d] of Object.entries(state.devices)) {
+    const key = `${d.label}: ${d.reason}`;
+    byDevice.set(key, [...(byDevice.get(key) ?? []), name]);
+  }
+  $("device-status").textContent = [...byDevice]
+    .map(([what, names]) => `${names.join(", ")} on ${what}.`)
+    .join(" ");
+  $("device-status").hidden = byDevice.size === 0;
+}
+
 async function main() {
+  state.requested = parseDeviceRequest(params.get("device")); // a bad value: the page says so
   state.client = await LoopClient.create();
   state.where = state.client.where;
-  const gpu = state.client.gpu;
-  if (!gpu.ok) {
+  const gpu = state.requested === "cpu" ? null : state.client.gpu;
+  state.gpu = gpu;
+  const all = await listArtifacts();
+  state.artifacts = all.filter((a) => canRun(a.libraries, state.requested, gpu));
+  if (gpu && !gpu.ok && (state.requested === "webgpu" || !state.artifacts.length)) {
+    const cpuBuilds = all.filter((a) => a.libraries?.[DEVICES.cpu.library]).length;
     $("gpu-status").textContent = "WebGPU unavailable";
     $("no-webgpu-reason").textContent = gpu.reason;
+    setRichText(
+      $("no-webgpu-cpu"),
+      state.requested === "webgpu"
+        ? "This page was asked for WebGPU (device=webgpu)."
+        : "Without WebGPU, a model runs on the CPU when its folder has a CPU (wasm) library; " +
+            `none of the served ones has (${cpuBuilds} of ${all.length}): build one with ` +
+            "`mlcpatch build … --target llvm,webgpu,wasm`.",
+    );
     setRichText($("no-webgpu-help"), webgpuAdvice());
     $("no-webgpu").hidden = false;
     setState("no-webgpu");
     return;
   }
-  const info = gpu.adapterInfo ?? {};
-  $("gpu-status").textContent =
-    `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim() + ` · models run in the ${state.where}`;
-  const warning = softwareAdapterWarning(info);
-  if (warning) {
-    setRichText($("adapter-warning"), warning);
-    $("adapter-warning").hidden = false;
+  if (!gpu) {
+    $("gpu-status").textContent =
+      `Models run on the ${DEVICES.cpu.label} (asked for with device=cpu) in the ${state.where}`;
+  } else if (!gpu.ok) {
+    $("gpu-status").textContent =
+      `WebGPU unavailable: models run on the ${DEVICES.cpu.label} in the ${state.where}`;
+  } else {
+    const info = gpu.adapterInfo ?? {};
+    $("gpu-status").textContent =
+      `WebGPU: ${info.vendor || "?"} ${info.architecture || ""}`.trim() + ` · models run in the ${state.where}`;
+    const warning = softwareAdapterWarning(info);
+    if (warning) {
+      setRichText($("adapter-warning"), warning);
+      $("adapter-warning").hidden = false;
+    }
   }
   $("app").hidden = false;
   for (const mode of ["latent", "text"]) {
@@ -668,10 +720,11 @@ async function main() {
   } else {
     $("pattern").value = wantedPattern ?? (state.patterns.has("sequential") ? "sequential" : patternNames[0]);
   }
-  const all = await listArtifacts();
-  state.artifacts = all.filter((a) => a.webgpu);
-  const cpuOnly = all.filter((a) => !a.webgpu && !a.error).map((a) => a.name);
-  const note = cpuOnly.length ? `Not offered (no WebGPU build; rebuild with --target llvm,webgpu): ${cpuOnly.join(", ")}.` : "";
+  const unusable = all.filter((a) => !a.error && !served(a.name)).map((a) => a.name);
+  const builds = state.requested === "cpu" ? "CPU (wasm)" : gpu.ok ? "WebGPU or CPU (wasm)" : "CPU (wasm)";
+  const note = unusable.length
+    ? `Not offered (no ${builds} build; rebuild with --target llvm,webgpu,wasm): ${unusable.join(", ")}.`
+    : "";
   $("artifact-note").textContent = note;
   const wantedAll = params.get("model");
   state.unservedAll = wantedAll && !served(wantedAll) ? wantedAll : null;
@@ -699,15 +752,15 @@ async function main() {
   const unknown = [...new Set(wanted.filter((n) => !served(n)))];
   if (!state.artifacts.length) {
     showError(
-      "No artifact folder with a WebGPU build is served. Build one with `mlcpatch build --arch " +
-        "qwen2 --model tiny-random --target llvm,webgpu --out artifacts/tiny-qwen2` and restart " +
+      `No artifact folder with a ${builds} build is served. Build one with \`mlcpatch build --arch ` +
+        "qwen2 --model tiny-random --target llvm,webgpu,wasm --out artifacts/tiny-qwen2` and restart " +
         "`mlcpatch serve`." + (note ? ` ${note}` : ""),
       "start",
     );
   } else if (unknown.length) {
     showError(
       `No served artifact named ${unknown.join(", ")} (served: ${state.artifacts.map((a) => a.name).join(", ")}). ` +
-        "Pick one of the served models, or build it with `mlcpatch build … --target llvm,webgpu`.",
+        "Pick one of the served models, or build it with `mlcpatch build … --target llvm,webgpu,wasm`.",
       "models",
     );
   }

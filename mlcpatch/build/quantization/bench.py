@@ -10,6 +10,12 @@
 
 Builds go one at a time through the normal step cache, so a second run only measures.
 Run: ``python -m mlcpatch.build.quantization.bench [--smollm2] [--json FILE]``.
+
+``--compare LABEL=FOLDER ...`` measures given artifact folders instead (no build): CPU decode
+and prefill tokens/s of each, alternated round by round, and each one's ratio to the first,
+with the thread count TVM used (``TVM_NUM_THREADS``, see mlcpatch/threads.py). E.g. before and
+after a kernel change, or q0f32 against q4f32_1 of the same model:
+``python -m mlcpatch.build.quantization.bench --compare q0f32=artifacts/a q4f32_1=artifacts/b``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,75 @@ def decode_speeds(
             if round_ < rounds:
                 samples[quant].append(decode_speed(runtime, steps))
     return {q: statistics.median(s) for q, s in samples.items()}
+
+
+PREFILL_TOKENS = 128
+
+
+def prefill_speed(runtime: Runtime, tokens: int = PREFILL_TOKENS) -> float:
+    """Prompt tokens per second of one prefill into a fresh sequence."""
+    embeds = runtime.embed(np.arange(tokens) % runtime.vocab_size)
+    runtime.reset()
+    start = time.perf_counter()
+    runtime.prefill(embeds)
+    return tokens / (time.perf_counter() - start)
+
+
+def compare_folders(folders: dict[str, Path], rounds: int, steps: int) -> dict[str, Any]:
+    """Decode and prefill tokens/s of each folder (median over ``rounds``, alternated), and
+    each one's ratio to the first folder's."""
+    runtimes = {label: Runtime(folder, verify=False) for label, folder in folders.items()}
+    decode: dict[str, list[float]] = {label: [] for label in folders}
+    prefill: dict[str, list[float]] = {label: [] for label in folders}
+    for runtime in runtimes.values():  # warm-up: first calls page weights in
+        decode_speed(runtime, 2)
+        prefill_speed(runtime, 8)
+    for _ in range(rounds):
+        for label, runtime in runtimes.items():
+            decode[label].append(decode_speed(runtime, steps))
+            prefill[label].append(prefill_speed(runtime))
+    import tvm
+
+    base = next(iter(folders))
+    report: dict[str, Any] = {
+        "threads": int(tvm.get_global_func("runtime.NumThreads")()),
+        "rounds": rounds,
+        "decode_steps": steps,
+        "prefill_tokens": PREFILL_TOKENS,
+        "folders": {},
+    }
+    for label, folder in folders.items():
+        d, p = statistics.median(decode[label]), statistics.median(prefill[label])
+        report["folders"][label] = {
+            "folder": str(folder),
+            "cpu": runtimes[label].manifest.options.get("cpu"),
+            "decode_tokens_per_s": d,
+            "prefill_tokens_per_s": p,
+            f"decode_vs_{base}": d / statistics.median(decode[base]),
+            f"prefill_vs_{base}": p / statistics.median(prefill[base]),
+        }
+    return report
+
+
+def print_comparison(report: dict[str, Any]) -> None:
+    base = next(iter(report["folders"]))
+    print(
+        f"CPU, {report['threads']} TVM threads; decode {report['decode_steps']} steps, prefill "
+        f"{report['prefill_tokens']} tokens; median of {report['rounds']} alternated rounds"
+    )
+    for label, item in report["folders"].items():
+        print(
+            f"{label:16} decode {item['decode_tokens_per_s']:8.1f} tok/s "
+            f"({item[f'decode_vs_{base}']:5.2f}x {base}), prefill "
+            f"{item['prefill_tokens_per_s']:8.1f} tok/s ({item[f'prefill_vs_{base}']:5.2f}x)"
+        )
+
+
+def _labelled(text: str) -> tuple[str, Path]:
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"expected LABEL=FOLDER, got {text!r}")
+    return label, Path(folder)
 
 
 def greedy_ids(runtime: Runtime, prompt_ids: list[int], steps: int) -> list[int]:
@@ -169,7 +244,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (downloads)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=_labelled,
+        metavar="LABEL=FOLDER",
+        help="measure these artifact folders (no build): decode/prefill tok/s, ratio to the first",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="--compare: alternated rounds")
+    parser.add_argument("--steps", type=int, default=32, help="--compare: decode steps a round")
     args = parser.parse_args(argv)
+    if args.compare:
+        from mlcpatch.threads import configure_threads
+
+        configure_threads()
+        report = compare_folders(dict(args.compare), args.rounds, args.steps)
+        print_comparison(report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return
     reports = {}
     with tempfile.TemporaryDirectory(prefix="mlcpatch-quant-bench-") as tmp:
         work = Path(tmp)

@@ -8,9 +8,10 @@ biases keep the model dtype.
 The packed weights are what lives on the device: every kernel that reads a weight dequantizes
 it itself. A linear layer is one PrimFunc with a ``q4_dequantize`` block feeding a matmul block:
 on GPUs dlight's GEMV / matmul rules inline the dequantization into the matmul (the shape of
-MLC-LLM's fused dequantize-matmul kernels); on the CPU ``inline_dequantize`` does it before the
-build and walks the reduction a word (8 codes) at a time, so no full-size weight is ever
-written. The embedding gathers and dequantizes rows in one kernel.
+MLC-LLM's fused dequantize-matmul kernels); on the CPU mlcpatch/build/cpu_schedule.py does it
+(dequantizing in vector registers, or a small weight tile per task), with ``inline_dequantize``
+as the fallback for shapes it does not schedule, so no full-size weight is ever written.
+The embedding gathers and dequantizes rows in one kernel.
 """
 
 from __future__ import annotations
@@ -247,23 +248,29 @@ def inline_dequantize(mod: Any) -> Any:
     Unscheduled, the block would write the whole dequantized weight to a scratch buffer on every
     call (113 MB for SmolLM2's LM head); inlined, the matmul reads the packed words directly.
     """
-    from tvm import s_tir
-
     updates = {}
     for gvar, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc):
-            continue
-        sch = s_tir.Schedule(func)
-        try:
-            block = sch.get_sblock(DEQUANT_BLOCK)
-        except s_tir.schedule.ScheduleError:  # no such block: not one of our kernels
-            continue
-        sch.compute_inline(block)
-        _split_words(sch)
-        updates[gvar] = sch.mod["main"]
+        if isinstance(func, tirx.PrimFunc):
+            inlined = inline_dequantize_func(func)
+            if inlined is not None:
+                updates[gvar] = inlined
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod
+
+
+def inline_dequantize_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """``func`` with its ``q4_dequantize`` block inlined, or None when it has none."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(DEQUANT_BLOCK)
+    except s_tir.schedule.ScheduleError:  # no such block: not one of our kernels
+        return None
+    sch.compute_inline(block)
+    _split_words(sch)
+    return sch.mod["main"]
 
 
 def _split_words(sch: Any) -> None:

@@ -1,0 +1,147 @@
+"""The CPU (llvm) matmul schedules of mlcpatch/build/cpu_schedule.py: each kernel shape the models
+produce (decode GEMV, prefill GEMM with a dynamic row count, 4-bit and f32 weights, reduction
+lengths that take each code path) is compiled scheduled and checked against numpy.
+
+Whole-model numerics of the scheduled builds: tests/test_quant_q4.py and
+tests/test_build_parity.py (every arch's tiny model, against transformers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.heavy
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import te, tirx  # noqa: E402
+
+from mlcpatch.build import cpu_schedule  # noqa: E402
+from mlcpatch.build.quantization import group_quant, q4_format  # noqa: E402
+
+# Sums of up to 1536 products of N(0,1) values, reassociated: float32 rounding, relative to
+# the largest output, stays near 1e-6 (measured <= 6e-7 on SmolLM2's shapes).
+REL_TOL = 1e-5
+
+
+def decode_words(words: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """W' [n, k] from the packed format (written here from the format's description)."""
+    codes = np.zeros((words.shape[0], words.shape[1] * 8), dtype=np.int64)
+    for e in range(8):
+        codes[:, e::8] = (words.astype(np.int64) >> (4 * e)) & 0xF
+    scale = np.repeat(scales.astype(np.float64), 32, axis=1)
+    return ((codes - 7) * scale)[:, :k]
+
+
+def _rows(kind: str) -> tuple[Any, ...]:
+    if kind == "decode":
+        return (1, 1)
+    if kind == "prefill":
+        return (1, tirx.Var("seq_len", "int64"))
+    return (tirx.Var("batch_size", "int64"), 1)  # batched decode
+
+
+def _q4_func(kind: str, n: int, k: int) -> tirx.PrimFunc:
+    x = te.placeholder((*_rows(kind), k), "float32", name="x")
+    q_shape, s_shape = q4_format.quantized_shapes((n, k))
+    words = te.placeholder(q_shape, "uint32", name="q_weight")
+    scales = te.placeholder(s_shape, "float32", name="q_scale")
+    out = group_quant._linear_te(x, words, scales, k=k, out_dtype="float32")
+    return te.create_prim_func([x, words, scales, out])
+
+
+def _f32_func(kind: str, n: int, k: int) -> tirx.PrimFunc:
+    x = te.placeholder((*_rows(kind), k), "float32", name="x")
+    w = te.placeholder((n, k), "float32", name="w")
+    red = te.reduce_axis((0, k), name="k")
+    out = te.compute(
+        (*x.shape[:-1], n),
+        lambda *i: te.sum(x[(*i[:-1], red)] * w[i[-1], red], axis=red),
+        name="NT_matmul",
+    )
+    return te.create_prim_func([x, w, out])
+
+
+def _run(func: tirx.PrimFunc, args: list[np.ndarray]) -> np.ndarray:
+    target = tvm.target.Target({"kind": "llvm", "fast-math-reassoc": True})
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def _x(kind: str, k: int, rng: np.random.Generator) -> np.ndarray:
+    shape = {"decode": (1, 1, k), "prefill": (1, 7, k), "batch": (3, 1, k)}[kind]
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _check(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < REL_TOL, f"relative error {err:.2e}"
+
+
+def _scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    new = cpu_schedule.schedule_matmul(func)
+    assert new is not None, "the schedule did not take this kernel"
+    text = new.script()
+    assert "T.parallel" in text and "T.vectorized" in text, text
+    return new
+
+
+# (n, k): k = 64 j takes the word-major 4-bit GEMV; k = 8 j the per-word one; n % 4 != 0 the
+# untiled columns.
+SHAPES = [(96, 128), (40, 48), (30, 64), (12, 1536)]
+
+
+@pytest.mark.parametrize("kind", ["decode", "prefill", "batch"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
+def test_q4_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
+    n, k = shape
+    rng = np.random.default_rng(n * k)
+    words, scales = q4_format.quantize(rng.standard_normal((n, k)).astype(np.float32), "float32")
+    x = _x(kind, k, rng)
+    out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
+    got = _run(_scheduled(_q4_func(kind, n, k)), [x, words, scales, out])
+    _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+@pytest.mark.parametrize("kind", ["prefill", "batch"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
+def test_f32_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
+    n, k = shape
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = _x(kind, k, rng)
+    out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
+    got = _run(_scheduled(_f32_func(kind, n, k)), [x, w, out])
+    _check(got, x.astype(np.float64) @ w.T.astype(np.float64))
+
+
+def test_q4_kernel_outside_the_schedules_still_inlines_its_dequantization() -> None:
+    # k = 20 does not split into 8-lane vectors: no schedule, the old inlined kernel instead.
+    n, k = 16, 20
+    func = _q4_func("decode", n, k)
+    assert cpu_schedule.schedule_matmul(func) is None
+    mod = cpu_schedule.schedule_cpu_kernels(tvm.IRModule({"main": func}))
+    assert group_quant.DEQUANT_BLOCK not in mod["main"].script()
+    rng = np.random.default_rng(3)
+    words, scales = q4_format.quantize(rng.standard_normal((n, k)).astype(np.float32), "float32")
+    x = _x("decode", k, rng)
+    got = _run(mod["main"], [x, words, scales, np.zeros((1, 1, n), dtype=np.float32)])
+    _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+def test_f32_decode_is_left_to_llvm() -> None:
+    assert cpu_schedule.schedule_matmul(_f32_func("decode", 96, 128)) is None
+
+
+def test_other_kernels_are_left_alone() -> None:
+    a = te.placeholder((4, 64), "float32", name="a")
+    red = te.reduce_axis((0, 64), name="k")
+    total = te.compute((4,), lambda i: te.sum(a[i, red], axis=red), name="row_sum")
+    assert cpu_schedule.schedule_matmul(te.create_prim_func([a, total])) is None
