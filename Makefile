@@ -133,7 +133,7 @@ bench-peers: setup
 # In headless Chromium: wllama (llama.cpp in wasm, on the same SmolLM2 Q4_1 GGUF) against our
 # wasm CPU build and, for reference, our WebGPU build (SwiftShader without a GPU: few tokens).
 BROWSER_PEERS_OUT ?= $(OUT)/smollm2-135m-q4f32_1-browser
-BROWSER_PEERS_TARGET ?= llvm,webgpu
+BROWSER_PEERS_TARGET ?= llvm,webgpu,wasm
 bench-browser-peers: setup
 	mkdir -p bench
 	test -f $(BROWSER_PEERS_OUT)/manifest.json || \
