@@ -29,6 +29,7 @@ from typing import Any
 
 from mlcpatch.artifact import CHAT_CONFIG
 from mlcpatch.errors import MlcpatchError
+from mlcpatch.loop.prompts import common_prefix
 from mlcpatch.peers import llama_env
 from mlcpatch.peers.bandwidth import decode_limit_tok_s, measure_bandwidth
 from mlcpatch.peers.report import table, write_json, write_png
@@ -98,15 +99,6 @@ def _leg_args(prompt_ids: list[int], tokens: int, repeats: int, threads: int) ->
     ]
 
 
-def _matching_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def run_benchmark(
     *,
     artifacts: list[pathlib.Path],
@@ -172,7 +164,7 @@ def run_benchmark(
             continue
         leg["decode_limit_tok_s"] = decode_limit_tok_s(leg["weight_bytes"], bytes_per_s)
         if reference is not None and "output_ids" in reference:
-            leg["tokens_matching_transformers"] = _matching_prefix(
+            leg["tokens_matching_transformers"] = common_prefix(
                 leg["output_ids"], reference["output_ids"]
             )
     return {
