@@ -93,7 +93,7 @@ def _scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return new
 
 
-# (n, k): k = 64 j takes the word-major 4-bit GEMV; k = 8 j the per-word one; n % 4 != 0 the
+# (n, k): k = 64 j takes the hand-written 4-bit GEMV; k = 8 j the per-word one; n % 4 != 0 the
 # untiled columns.
 SHAPES = [(96, 128), (40, 48), (30, 64), (12, 1536)]
 
@@ -107,6 +107,20 @@ def test_q4_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
     x = _x(kind, k, rng)
     out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
     got = _run(_scheduled(_q4_func(kind, n, k)), [x, words, scales, out])
+    _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+@pytest.mark.parametrize("code", [0, 7, 8, 14, 15])
+def test_q4_gemv_every_code_in_every_position(code: int) -> None:
+    # The hand-written GEMV masks codes in place and shifts only the top one: a code >= 8 in
+    # bits 28..31 is where a signed conversion would go wrong. One word pattern, all positions.
+    n, k = 8, 128
+    words = np.full((n, k // 8), sum(code << (4 * e) for e in range(8)), dtype=np.uint32)
+    words[1::2] = 0x76543210  # every code 0..7 once
+    scales = np.linspace(0.5, 2.0, n * (k // 32), dtype=np.float32).reshape(n, k // 32)
+    x = np.random.default_rng(code).standard_normal((1, 1, k)).astype(np.float32)
+    out = np.zeros((1, 1, n), dtype=np.float32)
+    got = _run(_scheduled(_q4_func("decode", n, k)), [x, words, scales, out])
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 
