@@ -30,6 +30,7 @@ from mlcpatch.artifact import (
     require_listed,
     verify_artifact,
 )
+from mlcpatch.cpu_features import check_library_cpu
 
 PAGE_SIZE = 16
 
@@ -134,6 +135,8 @@ class Runtime:
         require_listed(self.folder, self.manifest, needed)
         if verify:
             verify_artifact(self.folder, self.manifest)
+        # Before loading: a library using instructions this CPU lacks dies of SIGILL.
+        check_library_cpu(self.folder, (self.manifest.options or {}).get("cpu"))
         param_names = self.manifest.param_names
         if not param_names:
             raise ArtifactError(f"{self.folder}/{MANIFEST}: no param_names list")

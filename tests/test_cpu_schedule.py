@@ -21,6 +21,7 @@ from tvm import te, tirx  # noqa: E402
 
 from mlcpatch.build import cpu_schedule  # noqa: E402
 from mlcpatch.build.quantization import group_quant, q4_format  # noqa: E402
+from mlcpatch.build.targets import resolve_cpu  # noqa: E402
 
 # Sums of up to 1536 products of N(0,1) values, reassociated: float32 rounding, relative to
 # the largest output, stays near 1e-6 (measured <= 6e-7 on SmolLM2's shapes).
@@ -65,8 +66,16 @@ def _f32_func(kind: str, n: int, k: int) -> tirx.PrimFunc:
     return te.create_prim_func([x, w, out])
 
 
-def _run(func: tirx.PrimFunc, args: list[np.ndarray]) -> np.ndarray:
-    target = tvm.target.Target({"kind": "llvm", "fast-math-reassoc": True})
+# The library's CPU changes the code LLVM emits for the same schedule (SSE2 vs AVX2 + FMA).
+CPUS = ["portable", "native"]
+
+
+def _run(func: tirx.PrimFunc, args: list[np.ndarray], cpu: str = "portable") -> np.ndarray:
+    options: dict[str, Any] = {"kind": "llvm", "fast-math-reassoc": True}
+    mcpu = resolve_cpu(cpu)
+    if mcpu is not None:
+        options["mcpu"] = mcpu
+    target = tvm.target.Target(options)
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
@@ -98,20 +107,22 @@ def _scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
 SHAPES = [(96, 128), (40, 48), (30, 64), (12, 1536)]
 
 
+@pytest.mark.parametrize("cpu", CPUS)
 @pytest.mark.parametrize("kind", ["decode", "prefill", "batch"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])
-def test_q4_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
+def test_q4_kernels_match_numpy(kind: str, shape: tuple[int, int], cpu: str) -> None:
     n, k = shape
     rng = np.random.default_rng(n * k)
     words, scales = q4_format.quantize(rng.standard_normal((n, k)).astype(np.float32), "float32")
     x = _x(kind, k, rng)
     out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
-    got = _run(_scheduled(_q4_func(kind, n, k)), [x, words, scales, out])
+    got = _run(_scheduled(_q4_func(kind, n, k)), [x, words, scales, out], cpu)
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 
+@pytest.mark.parametrize("cpu", CPUS)
 @pytest.mark.parametrize("code", [0, 7, 8, 14, 15])
-def test_q4_gemv_every_code_in_every_position(code: int) -> None:
+def test_q4_gemv_every_code_in_every_position(code: int, cpu: str) -> None:
     # The hand-written GEMV masks codes in place and shifts only the top one: a code >= 8 in
     # bits 28..31 is where a signed conversion would go wrong. One word pattern, all positions.
     n, k = 8, 128
@@ -120,7 +131,7 @@ def test_q4_gemv_every_code_in_every_position(code: int) -> None:
     scales = np.linspace(0.5, 2.0, n * (k // 32), dtype=np.float32).reshape(n, k // 32)
     x = np.random.default_rng(code).standard_normal((1, 1, k)).astype(np.float32)
     out = np.zeros((1, 1, n), dtype=np.float32)
-    got = _run(_scheduled(_q4_func("decode", n, k)), [x, words, scales, out])
+    got = _run(_scheduled(_q4_func("decode", n, k)), [x, words, scales, out], cpu)
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 

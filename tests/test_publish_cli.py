@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 from collections.abc import Iterator
@@ -118,6 +119,20 @@ def test_tokens_never_reach_output_or_logs(
     assert HF_TOKEN not in everything and GITHUB_TOKEN not in everything
     # the requests did carry them: the servers accepted the writes
     assert hub.repos["org/tiny"].files and github.assets
+
+
+def test_a_library_for_one_cpu_is_published_with_a_note(
+    servers: tuple[FakeHub, FakeGitHub], artifact: pathlib.Path
+) -> None:
+    hub, github = servers
+    plain = publish(_both(artifact, hub, github, "--dry-run"))
+    assert plain.exit_code == 0 and "compiled for" not in plain.stderr
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["options"]["cpu"] = "znver3"
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    result = publish(_both(artifact, hub, github, "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert "compiled for 'znver3'" in result.stderr and "--cpu portable" in result.stderr
 
 
 def test_a_secret_prints_as_stars() -> None:

@@ -402,6 +402,32 @@ def test_q4f32_1_sixteen_greedy_tokens_identical(
     assert result.output_ids == greedy(reference_model(hf, artifact), ids, 16)
 
 
+def test_q4f32_1_portable_library_matches_reference_too(
+    q4_artifact: Callable[[str, str], tuple[pathlib.Path, pathlib.Path]],
+    tmp_path: pathlib.Path,
+) -> None:
+    # Builds default to this machine's CPU (AVX2 + FMA here); --cpu portable compiles the same
+    # kernels for SSE2, where LLVM emits other code: held to the same reference.
+    from mlcpatch.build.pipeline import BuildOptions, build
+
+    hf, native = q4_artifact("qwen2-untied", "q4f32_1")
+    out = tmp_path / "portable"
+    build(BuildOptions("qwen2", str(hf), "q4f32_1", cpu="portable", out=out, progress=False))
+    assert json.loads((out / "manifest.json").read_text())["options"]["cpu"] is None
+    rt = Runtime(out)
+    ids = rt.encode_chat(PROMPT)
+    prefill = rt.prefill(rt.embed(ids))
+    decode = rt.decode(rt.embed([11]))
+    ref_hidden, ref_logits = forward(reference_model(hf, native), ids + [11])
+    errors = {
+        "prefill": np.abs(prefill - ref_logits[len(ids) - 1]).max(),
+        "decode": np.abs(decode - ref_logits[len(ids)]).max(),
+    }
+    assert max(errors.values()) < F32_TOL, errors
+    result = rt.generate(prompt_ids=ids, max_new_tokens=16, greedy=True, stop_token_ids=[])
+    assert result.output_ids == greedy(reference_model(hf, native), ids, 16)
+
+
 def test_q4f16_1_near_dequantized_reference(
     q4_artifact: Callable[[str, str], tuple[pathlib.Path, pathlib.Path]],
 ) -> None:

@@ -66,10 +66,11 @@ from mlcpatch.models.registry import BUILTIN_ARCHS
     "--cpu",
     default=None,
     metavar="NAME",
-    help="Compile the CPU (llvm) library for this CPU: 'native' (the one building), or an "
-    "LLVM CPU name such as x86-64-v3 (AVX2 + FMA) or znver3. Faster kernels (4-bit ones most), "
-    "but the library then crashes on CPUs without those instructions. Default: portable (the "
-    "architecture's baseline, SSE2 on x86-64).",
+    help="The CPU the CPU (llvm) library is compiled for. Default 'native': this machine's "
+    "(its own model when it has every instruction LLVM credits it with, else the best of "
+    "x86-64-v4/v3/v2 it has): the fastest kernels, but other CPUs may lack its instructions "
+    "(the runtime then refuses it). 'portable': the architecture's baseline (SSE2 on x86-64), "
+    "for a library to share. Or an LLVM CPU name such as x86-64-v3 (AVX2 + FMA) or znver3.",
 )
 @click.option("--no-cache", is_flag=True, help="Redo every step instead of reusing cached ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -55,7 +55,7 @@ class BuildOptions:
     use_cache: bool = True
     progress: bool = True
     verbose: bool = False  # TVM's own messages on the terminal, not in the build log
-    cpu: str | None = None  # LLVM -mcpu for the llvm library ("native": this machine's)
+    cpu: str | None = None  # --cpu: LLVM -mcpu of the llvm library (None: native; "portable")
 
 
 @dataclasses.dataclass

@@ -31,33 +31,41 @@ class TargetSpec:
     identity: Callable[[], dict[str, Any] | None] = lambda: None
 
 
+DEFAULT_CPU = "native"  # --cpu when none is given
+
+
 def _llvm_target(cpu: str | None = None) -> Any:
     from tvm.target import Target
 
     # TVM 0.27 dropped target strings: the dict form is the only one accepted.
     # Reassociation lets LLVM vectorise the dot-product reductions of the matmul kernels
     # (measured 5x on SmolLM2 prefill); results move by float rounding only (~1e-6).
-    # No -mcpu unless asked (--cpu): the library stays portable to any CPU of the host's
-    # architecture (on x86-64: SSE2 only, no AVX2/FMA).
+    # Without -mcpu (--cpu portable) the library runs on any CPU of the host's architecture
+    # (on x86-64: SSE2 only, no AVX2/FMA).
     options: dict[str, Any] = {"kind": "llvm", "fast-math-reassoc": True}
     if cpu is not None:
         options["mcpu"] = cpu
     return Target(options)
 
 
-def resolve_cpu(name: str) -> str:
-    """The LLVM CPU name for ``--cpu``: ``native`` is this machine's CPU."""
+def resolve_cpu(name: str) -> str | None:
+    """The LLVM CPU name for ``--cpu`` (None: portable). ``native`` is the best this machine
+    fully has (mlcpatch/cpu_features.py: a VM may hide some of its CPU model's instructions)."""
     from tvm.target import Target
-    from tvm.target.codegen import llvm_get_cpu_archlist, llvm_get_system_cpu
+    from tvm.target.codegen import llvm_get_cpu_archlist
 
-    cpu = llvm_get_system_cpu() if name == "native" else name
+    from mlcpatch.cpu_features import PORTABLE, native_cpu
+
+    cpu = native_cpu() if name == "native" else name
+    if cpu == PORTABLE:
+        return None
     known = list(llvm_get_cpu_archlist(Target({"kind": "llvm"})))
     if cpu not in known:
         hint = ", ".join(c for c in ("x86-64-v2", "x86-64-v3", "x86-64-v4") if c in known)
         raise BuildOptionError(
             f"unknown CPU {cpu!r} for the llvm target (LLVM knows {len(known)} names"
             + (f", e.g. {hint}" if hint else "")
-            + "; or 'native')"
+            + "; or 'native', or 'portable')"
         )
     return cpu
 
@@ -120,8 +128,9 @@ PLANNED_TARGETS: tuple[str, ...] = ()
 def parse_targets(text: str, cpu: str | None = None) -> list[TargetSpec]:
     """``"llvm,webgpu"`` -> table entries, in order, without duplicates.
 
-    ``cpu`` (an LLVM CPU name, or ``native``) makes the llvm library use that CPU's
-    instructions (``-mcpu``): faster, but it only runs on CPUs that have them.
+    ``cpu`` (an LLVM CPU name, ``native`` or ``portable``) decides the instructions the llvm
+    library may use (``-mcpu``). None is the default, ``native``: the fastest kernels, for
+    this machine's CPU only (the runtime refuses a library whose instructions its CPU lacks).
     """
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
@@ -134,11 +143,14 @@ def parse_targets(text: str, cpu: str | None = None) -> list[TargetSpec]:
             raise BuildOptionError(f"unknown target {name!r} (supported: {', '.join(TARGETS)})")
         if TARGETS[name] not in specs:
             specs.append(TARGETS[name])
-    if cpu is None:
-        return specs
     if TARGETS["llvm"] not in specs:
-        raise BuildOptionError("--cpu applies to the llvm target, which this build does not make")
-    llvm = dataclasses.replace(
-        TARGETS["llvm"], make_target=functools.partial(_llvm_target, resolve_cpu(cpu))
-    )
+        if cpu is not None:
+            raise BuildOptionError(
+                "--cpu applies to the llvm target, which this build does not make"
+            )
+        return specs
+    mcpu = resolve_cpu(cpu or DEFAULT_CPU)
+    if mcpu is None:
+        return specs
+    llvm = dataclasses.replace(TARGETS["llvm"], make_target=functools.partial(_llvm_target, mcpu))
     return [llvm if spec.name == "llvm" else spec for spec in specs]

@@ -167,6 +167,14 @@ def publish_command(
 
     # Everything local is checked before any token is read or any connection is made.
     artifact = validate_artifact(artifacts)
+    cpu = (artifact.manifest.options or {}).get("cpu")
+    if hf_repo and cpu:
+        click.echo(
+            f"note: its CPU library was compiled for {cpu!r} (mlcpatch build --cpu): CPUs "
+            "without that CPU's instructions will refuse it; build with --cpu portable to "
+            "publish one that every CPU of the architecture runs",
+            err=True,
+        )
     links = collect_links(list(link_files))
     hub_files = hub_payloads(artifact, links, hf_repo, hf_endpoint) if hf_repo else []
     release_files = release_payloads(artifact, links) if release else []
