@@ -170,3 +170,54 @@ def test_other_kernels_are_left_alone() -> None:
     red = te.reduce_axis((0, 64), name="k")
     total = te.compute((4,), lambda i: te.sum(a[i, red], axis=red), name="row_sum")
     assert cpu_schedule.schedule_matmul(te.create_prim_func([a, total])) is None
+
+
+# The register-blocked GEMM (cpu_kernels.gemm_*), taken on targets with AVX2 + FMA: below 16
+# rows each output is a dot product; from 16 on, packed panels and a 6-row micro-kernel whose
+# last block is a tail of 1-5 rows. Compiled for SSE2 too, where LLVM splits its vectors.
+WIDE_SHAPES = [(32, 40), (16, 1536), (64, 128)]
+WIDE_ROWS = [("prefill", 3), ("prefill", 16), ("prefill", 23), ("batch", 5), ("batch", 18)]
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+@pytest.mark.parametrize("quant", ["f32", "q4"])
+@pytest.mark.parametrize("rows", WIDE_ROWS, ids=[f"{k}{m}" for k, m in WIDE_ROWS])
+@pytest.mark.parametrize("shape", WIDE_SHAPES, ids=[f"{n}x{k}" for n, k in WIDE_SHAPES])
+def test_wide_gemm_matches_numpy(
+    shape: tuple[int, int], rows: tuple[str, int], quant: str, cpu: str
+) -> None:
+    n, k = shape
+    kind, m = rows
+    rng = np.random.default_rng(n * k + m)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((1, m, k) if kind == "prefill" else (m, 1, k)).astype(np.float32)
+    out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
+    func = _q4_func(kind, n, k) if quant == "q4" else _f32_func(kind, n, k)
+    new = cpu_schedule.schedule_matmul(func, wide=True)
+    assert new is not None and "T.sblock" not in new.script(), "not the hand-written GEMM"
+    if quant == "q4":
+        words, scales = q4_format.quantize(w, "float32")
+        got = _run(new, [x, words, scales, out], cpu)
+        want = x.astype(np.float64) @ decode_words(words, scales, k).T
+    else:
+        got = _run(new, [x, w, out], cpu)
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+    _check(got, want)
+
+
+def test_wide_gemm_only_where_it_fits() -> None:
+    # n = 40 is not a whole number of 16-column tasks: the generic GEMM schedule instead.
+    assert "T.sblock" in cpu_schedule.schedule_matmul(_f32_func("prefill", 40, 48), True).script()
+    assert "T.sblock" in cpu_schedule.schedule_matmul(_f32_func("prefill", 32, 48)).script()
+
+
+def test_wide_means_avx2_and_fma() -> None:
+    def target(**options: str) -> Any:
+        return tvm.target.Target({"kind": "llvm", **options})
+
+    assert cpu_schedule.target_is_wide(target(mcpu="x86-64-v3"))
+    assert cpu_schedule.target_is_wide(target(mcpu="znver3"))
+    assert not cpu_schedule.target_is_wide(target())  # x86-64 baseline: SSE2
+    assert not cpu_schedule.target_is_wide(target(mcpu="x86-64-v2"))
+    assert not cpu_schedule.target_is_wide(target(mtriple="wasm32-unknown-unknown-wasm"))
+    assert not cpu_schedule.target_is_wide(None)

@@ -8,15 +8,18 @@ group_quant.py) gets one of two schedules:
 
 - **GEMV** (one row of activations: decode), 4-bit weights only. When the reduction is a
   multiple of 64 (every SmolLM2 / Qwen / Llama layer), the kernel is replaced by a hand-written
-  one (``_q4_gemv_kernel``: masked codes against pre-scaled inputs, the ``- 7`` and the scale
-  taken out of the inner loop; three vector operations per 8 weights instead of six). Otherwise
+  one (``cpu_kernels.q4_gemv``: masked codes against pre-scaled inputs, the ``- 7`` and the
+  scale out of the inner loop; three vector operations per 8 weights instead of six). Otherwise
   output rows are spread over the thread pool, ``TILE_N`` rows a task, each row reduced into
   its own vector accumulator (an rfactor'ed local buffer), a lane being code ``e`` of one
   broadcast word. f32 GEMVs stay as LLVM vectorises them: memory-bound, they gained nothing from
   a schedule.
-- **GEMM** (many rows: prefill, batched decode): a tile of ``TILE_N`` output columns per task;
-  for 4-bit weights the tile's weights are dequantized once into a small local buffer (L1-sized)
-  and reused by every activation row, then each row's dot products run as in the GEMV.
+- **GEMM** (many rows: prefill, batched decode). On targets with AVX2 + FMA, the hand-written
+  register-blocked ``cpu_kernels.gemm_f32`` / ``gemm_q4`` (16 columns a task, a 6 x 16 block of
+  outputs in registers). Elsewhere (SSE2, wasm: too few registers for that block), a tile of
+  ``TILE_N`` output columns per task; for 4-bit weights the tile's weights are dequantized once
+  into a small local buffer (L1-sized) and reused by every activation row, then each row's dot
+  products run as in the GEMV.
 
 Results move by float rounding only (the sums are reassociated), within the tolerances the
 numerics tests use. Kernels these schedules do not recognise are left as they are.
@@ -28,12 +31,12 @@ from typing import Any
 
 from tvm import s_tir, tirx
 
+from mlcpatch.build import cpu_kernels
+from mlcpatch.build.cpu_kernels import LANES, NR, TILE_N
 from mlcpatch.build.quantization.group_quant import DEQUANT_BLOCK, inline_dequantize_func
 from mlcpatch.build.quantization.q4_format import PER_WORD
 
 MATMUL_BLOCKS = ("NT_matmul", "q4_matmul")  # FuseTransposeMatmul's and group_quant.py's
-LANES = 8  # f32 lanes of one AVX2 register (two SSE2 ones); equal to PER_WORD
-TILE_N = 4  # output columns per GEMM task: their dequantized weights stay in L1
 
 
 def _const_int(value: Any) -> int | None:
@@ -101,119 +104,74 @@ def _schedule_gemv(sch: s_tir.Schedule, block: Any) -> None:
     sch.decompose_reduction(rf, ko)
 
 
-def _q4_gemv_kernel(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
-    """A hand-written 4-bit GEMV (f32 input, f32 scales, ``k`` a multiple of 64) doing three
-    vector operations per 8 weights: AND, int-to-float, FMA.
+def _operands(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> list[Any] | None:
+    """The kernel's buffers as the hand-written kernels take them, (x, w, out) or (x, words,
+    scales, out), when they are its parameters in that order; else None."""
+    x = sch.get(block).reads[0].source
+    out = sch.get(block).writes[0].source
+    if dequant is None:
+        weights = [sch.get(block).reads[1].source]
+    else:
+        weights = [r.source for r in sch.get(dequant).reads]
+    operands = [x, *weights, out]
+    params = sch.mod["main"].params
+    if len(params) != len(operands):
+        return None
+    if not all(p.same_as(b) for p, b in zip(params, operands, strict=True)):
+        return None
+    want = (
+        ["float32", "float32", "float32"]
+        if dequant is None
+        else ["float32"]
+        + [
+            "uint32",
+            "float32",
+            "float32",
+        ]
+    )
+    if [str(b.dtype) for b in operands] != want:
+        return None
+    return operands
 
-    - No shift: code ``e`` of a word is masked in place, ``q * 16**e``, and its input is stored
-      pre-scaled by ``16**-e`` (exact: a power of two), so the product is ``q * x``. The top code
-      (bits 28..31) is shifted down instead, as a masked value would not fit a signed int.
-    - No per-weight ``- 7`` or scale: within a lane's 8 codes, ``sum (q - 7) x`` is
-      ``sum q x - 7 sum x``; the second term is computed once per call for all rows, and the
-      scale multiplies the lane's sum once (the lanes of 8 consecutive words span two groups).
-    - Rows in tiles of 4 over the thread pool: four independent FMA chains share each input
-      vector; the tile's accumulators stay on the stack (scope "global" under 1 KiB is an
-      alloca on the CPU; "local" would be a workspace call per tile).
-    """
-    from tvm.script import tirx as T
 
-    words_per_row, groups, blocks = k // PER_WORD, k // 32, k // (LANES * PER_WORD)
-    tile = TILE_N if n % TILE_N == 0 else 1
-    top = PER_WORD - 1
-
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer(x_shape, "float32"),
-        w: T.Buffer((n, words_per_row), "uint32"),
-        s: T.Buffer((n, groups), "float32"),
-        out: T.Buffer(out_shape, "float32"),
-    ) -> None:
-        T.func_attr({"tirx.noalias": True})
-        xf = T.decl_buffer((k,), "float32", data=x.data)
-        of = T.decl_buffer((n,), "float32", data=out.data)
-        xs = T.alloc_buffer((blocks, PER_WORD, LANES), "float32")  # x[64 b + 8 l + e] / 16**e
-        xm = T.alloc_buffer((blocks, LANES), "float32")  # -7 * sum_e x[64 b + 8 l + e]
-        for b, e, lane in T.grid(blocks, PER_WORD, LANES):
-            # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
-            xs[b, e, lane] = xf[64 * b + 8 * lane + e] * T.reinterpret(
-                "float32", T.shift_left(T.if_then_else(e == top, 127, 127 - 4 * e), 23)
-            )
-        for b, lane in T.grid(blocks, LANES):
-            xm[b, lane] = T.float32(0)
-            for e in range(PER_WORD):
-                xm[b, lane] = xm[b, lane] - T.float32(7) * xf[64 * b + 8 * lane + e]
-        for row0 in T.parallel(n // tile):
-            acc = T.alloc_buffer((tile, LANES), "float32")
-            part = T.alloc_buffer((tile, LANES), "float32")
-            for r in T.unroll(tile):
-                for lane in T.vectorized(LANES):
-                    acc[r, lane] = T.float32(0)
-            for b in range(blocks):
-                for r in T.unroll(tile):
-                    for lane in T.vectorized(LANES):
-                        part[r, lane] = xm[b, lane]
-                    for e in T.unroll(PER_WORD):
-                        # One expression on purpose: the word bound to a name inside the
-                        # vectorized loop (a Let) came out wrong (relative error 0.5).
-                        for lane in T.vectorized(LANES):
-                            part[r, lane] = (
-                                part[r, lane]
-                                + T.Cast(
-                                    "float32",
-                                    T.reinterpret(
-                                        "int32",
-                                        T.if_then_else(
-                                            e == top,
-                                            T.shift_right(
-                                                w[row0 * tile + r, b * 8 + lane], T.uint32(28)
-                                            ),
-                                            T.bitwise_and(
-                                                w[row0 * tile + r, b * 8 + lane],
-                                                T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e)),
-                                            ),
-                                        ),
-                                    ),
-                                )
-                                * xs[b, e, lane]
-                            )
-                    for lane in T.vectorized(LANES):
-                        # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
-                        acc[r, lane] = (
-                            acc[r, lane] + s[row0 * tile + r, b * 2 + lane // 4] * part[r, lane]
-                        )
-            for r in T.unroll(tile):
-                of[row0 * tile + r] = T.float32(0)
-                for lane in range(LANES):
-                    of[row0 * tile + r] = of[row0 * tile + r] + acc[r, lane]
-
-    return kernel
+def _static(buffer: Any) -> list[int] | None:
+    dims = [_const_int(d) for d in buffer.shape]
+    return None if any(d is None for d in dims) else dims
 
 
 def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any) -> Any | None:
-    """The hand-written GEMV for this kernel's shapes, or None where it does not apply."""
-    x = sch.get(block).reads[0].source
-    out = sch.get(block).writes[0].source
-    words, scales = (r.source for r in sch.get(dequant).reads)
-    params = sch.mod["main"].params
-    # The new kernel takes its arguments in the legalized op's order.
-    expected = (x, words, scales, out)
-    if len(params) != 4 or not all(p.same_as(b) for p, b in zip(params, expected, strict=True)):
+    """The hand-written 4-bit GEMV for this kernel, or None where it does not apply."""
+    operands = _operands(sch, block, dequant)
+    if operands is None:
         return None
-    shapes = [[_const_int(d) for d in b.shape] for b in (x, out, words, scales)]
-    if any(d is None for shape in shapes for d in shape):
+    shapes = [_static(b) for b in operands]
+    if any(shape is None for shape in shapes):
         return None
-    x_shape, out_shape, w_shape, s_shape = shapes
+    x_shape, w_shape, s_shape, out_shape = shapes
     n, k = w_shape[0], x_shape[-1]
-    if k % (LANES * PER_WORD) or [str(b.dtype) for b in (x, out, words, scales)] != [
-        "float32",
-        "float32",
-        "uint32",
-        "float32",
-    ]:
+    if k % (LANES * PER_WORD) or out_shape[-1] != n:
         return None
-    if w_shape != [n, k // PER_WORD] or s_shape != [n, k // 32] or out_shape[-1] != n:
+    if w_shape != [n, k // PER_WORD] or s_shape != [n, k // 32]:
         return None
-    return _q4_gemv_kernel(n, k, tuple(x_shape), tuple(out_shape))
+    return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape))
+
+
+def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> Any | None:
+    """The hand-written register-blocked GEMM for this kernel, or None where it does not
+    apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``)."""
+    operands = _operands(sch, block, dequant)
+    if operands is None or len(operands[0].shape) != 3 or len(operands[-1].shape) != 3:
+        return None
+    k, n = _const_int(operands[0].shape[-1]), _const_int(operands[-1].shape[-1])
+    if k is None or n is None or n % NR or k % LANES:
+        return None
+    weights = [_static(b) for b in operands[1:-1]]
+    if dequant is None:
+        return cpu_kernels.gemm_f32(n, k) if weights == [[n, k]] else None
+    groups = -(-k // 32)
+    if weights != [[n, groups * 32 // PER_WORD], [n, groups]]:
+        return None
+    return cpu_kernels.gemm_q4(n, k)
 
 
 def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None:
@@ -241,8 +199,11 @@ def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None
     sch.decompose_reduction(rf, ko)
 
 
-def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """``func`` scheduled, or None when it is not a kernel these schedules know."""
+def schedule_matmul(func: tirx.PrimFunc, wide: bool = False) -> tirx.PrimFunc | None:
+    """``func`` scheduled (or replaced by a hand-written kernel), or None when it is not a
+    kernel these schedules know. ``wide``: the target has AVX2 + FMA (16 256-bit registers),
+    which the register-blocked GEMM is sized for; elsewhere (SSE2, wasm) it spills, and the
+    GEMM schedule below does as well."""
     sch = s_tir.Schedule(func)
     blocks = [b for b in (_find_block(sch, name) for name in MATMUL_BLOCKS) if b is not None]
     if len(blocks) != 1:
@@ -266,17 +227,34 @@ def schedule_matmul(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         sch.compute_inline(dequant)
         _schedule_gemv(sch, block)
     else:
+        kernel = _gemm(sch, block, dequant) if wide else None
+        if kernel is not None:
+            return kernel.with_attrs(dict(func.attrs)) if func.attrs else kernel
         _schedule_gemm(sch, block, dequant)
     return sch.mod["main"]
 
 
+def target_is_wide(target: Any) -> bool:
+    """Whether an llvm ``target`` has AVX2 and FMA (what ``schedule_matmul``'s ``wide`` means)."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target.codegen import llvm_get_cpu_features
+
+    features = {str(f) for f in llvm_get_cpu_features(target)}
+    return {"avx2", "fma"} <= features
+
+
 def schedule_cpu_kernels(mod: Any) -> Any:
-    """Every matmul PrimFunc of ``mod`` (after legalization) scheduled for the CPU; 4-bit
-    kernels these schedules do not take get their dequantization inlined instead."""
+    """Every matmul PrimFunc of ``mod`` (after legalization) scheduled for the CPU target in
+    scope (``with target``); 4-bit kernels these schedules do not take get their
+    dequantization inlined instead."""
+    from tvm.target import Target
+
+    wide = target_is_wide(Target.current(allow_none=True))
     updates = {}
     for gvar, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
-            scheduled = schedule_matmul(func) or inline_dequantize_func(func)
+            scheduled = schedule_matmul(func, wide) or inline_dequantize_func(func)
             if scheduled is not None:
                 updates[gvar] = scheduled
     for gvar, func in updates.items():

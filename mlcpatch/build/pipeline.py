@@ -143,7 +143,10 @@ def cpu_code_sha256() -> dict[str, str]:
     """sha256 of the files that decide the CPU library's kernels beyond the model: its target,
     the Relax rewrites before the build, and the TIR schedules."""
     here = pathlib.Path(__file__).resolve().parent
-    return {name: sha256_file(here / name) for name in ("targets.py", "cpu_schedule.py")}
+    return {
+        name: sha256_file(here / name)
+        for name in ("targets.py", "cpu_schedule.py", "cpu_kernels.py")
+    }
 
 
 def _quantize(model: Any, quant: Quantization) -> dict[str, QuantizedWeight]:
