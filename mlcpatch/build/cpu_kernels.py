@@ -116,8 +116,9 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
     return kernel
 
 
-def _gemm_macros(n: int, k: int) -> tuple[Any, Any]:
-    """The two ways a GEMM task computes its 16 columns for every row (see the module doc)."""
+def _gemm_task(n: int, k: int) -> Any:
+    """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
+    module doc)."""
     from tvm.script import tirx as T
 
     @T.macro
@@ -167,7 +168,18 @@ def _gemm_macros(n: int, k: int) -> tuple[Any, Any]:
                             of[row * n + col0 * NR + quad * 4 + c] + acc[c, lane]
                         )
 
-    return packed_rows, direct_rows
+    @T.macro
+    def task(xf: Any, of: Any, w: Any, w_row0: Any, col0: Any, rows: Any) -> None:
+        """Columns ``col0 * 16 ..`` of every row, from weight rows ``w_row0 ..`` of ``w``."""
+        if rows >= PACK_ROWS:
+            panel = T.alloc_buffer((k, NR), "float32")
+            for j, kk in T.grid(NR, k):
+                panel[kk, j] = w[w_row0 + j, kk]
+            packed_rows(xf, of, panel, col0, rows)
+        else:
+            direct_rows(xf, of, w, w_row0, col0, rows)
+
+    return task
 
 
 def gemm_f32(n: int, k: int) -> Any:
@@ -175,7 +187,7 @@ def gemm_f32(n: int, k: int) -> Any:
     and ``k % 8 == 0``."""
     from tvm.script import tirx as T
 
-    packed_rows, direct_rows = _gemm_macros(n, k)
+    task = _gemm_task(n, k)
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, w: T.Buffer((n, k), "float32"), var_out: T.handle) -> None:
@@ -187,13 +199,7 @@ def gemm_f32(n: int, k: int) -> Any:
         xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
         of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
         for col0 in T.parallel(n // NR):
-            if d0 * d1 >= PACK_ROWS:
-                panel = T.alloc_buffer((k, NR), "float32")
-                for j, kk in T.grid(NR, k):
-                    panel[kk, j] = w[col0 * NR + j, kk]
-                packed_rows(xf, of, panel, col0, d0 * d1)
-            else:
-                direct_rows(xf, of, w, col0 * NR, col0, d0 * d1)
+            task(xf, of, w, col0 * NR, col0, d0 * d1)
 
     return kernel
 
@@ -204,7 +210,7 @@ def gemm_q4(n: int, k: int) -> Any:
     from tvm.script import tirx as T
 
     groups = -(-k // GROUP_SIZE)
-    packed_rows, direct_rows = _gemm_macros(n, k)
+    task = _gemm_task(n, k)
 
     @T.prim_func(private=True)
     def kernel(
@@ -234,12 +240,6 @@ def gemm_q4(n: int, k: int) -> Any:
                         )
                         - T.float32(7)
                     ) * s[col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE]
-            if d0 * d1 >= PACK_ROWS:
-                panel = T.alloc_buffer((k, NR), "float32")
-                for j, kk in T.grid(NR, k):
-                    panel[kk, j] = tile[j, kk]
-                packed_rows(xf, of, panel, col0, d0 * d1)
-            else:
-                direct_rows(xf, of, tile, 0, col0, d0 * d1)
+            task(xf, of, tile, 0, col0, d0 * d1)
 
     return kernel
