@@ -71,44 +71,6 @@ WLLAMA_JS = """async ([ggufUrl, prompt, tokens, repeats, threads]) => {
   return { loadMs, runs, info };
 }"""
 
-OURS_JS = """async ([url, prompt, tokens, repeats, options]) => {
-  const m = await import('/src/engine.js');
-  const t0 = performance.now();
-  const engine = await m.Engine.load(url, options);
-  const loadMs = performance.now() - t0;
-  const ids = engine.encodeChat(prompt);
-  const prefills = [];
-  for (let i = 0; i < repeats; i++) {
-    engine.reset();
-    const e = engine.embed(ids);
-    const s = performance.now();
-    const l = engine.prefill(e);
-    await engine.device.sync();
-    prefills.push(performance.now() - s);
-    e.dispose(); l.dispose();
-  }
-  const decodes = [];
-  for (let i = 0; i < tokens; i++) {
-    const e = engine.embed([i + 1]);
-    const s = performance.now();
-    const l = engine.decode(e);
-    await engine.device.sync();
-    decodes.push(performance.now() - s);
-    e.dispose(); l.dispose();
-  }
-  let adapter = null;
-  if (options.device !== 'cpu' && navigator.gpu) {
-    const a = await navigator.gpu.requestAdapter();
-    const info = a ? [a.info.vendor, a.info.architecture, a.info.description] : [];
-    adapter = info.filter(Boolean).join(' ') || null;
-  }
-  const out = { adapter, loadMs, timings: engine.loadTimings, promptTokens: ids.length,
-                prefills, decodes, deviceKind: engine.deviceKind ?? null,
-                libraryName: engine.libraryName ?? null };
-  engine.dispose();
-  return out;
-}"""
-
 
 def _median(values: list[float]) -> float:
     return statistics.median(values)
@@ -158,7 +120,9 @@ def wllama_leg(page: Any, url: str, text: str, tokens: int, repeats: int, thread
 def ours_leg(
     page: Any, url: str, name: str, prompt: str, tokens: int, repeats: int, options: dict
 ) -> dict:
-    raw = page.evaluate(OURS_JS, [url, prompt, tokens, repeats, options])
+    from browser_support import TIME_ENGINE_JS
+
+    raw = page.evaluate(TIME_ENGINE_JS, [url, prompt, tokens, repeats, options])
     n = raw["promptTokens"]
     return {
         "engine": name,

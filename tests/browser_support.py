@@ -138,3 +138,45 @@ def web_root() -> pathlib.Path:
     from mlcpatch.serve import WEB_DIR
 
     return WEB_DIR
+
+
+# The browser benchmarks' timing run (tests/browser_peers_bench.py, tests/webgpu_bench.py): load
+# the engine, time `repeats` prefills of the chat-templated prompt and `tokens` single decodes
+# (each waited for on the device); the raw milliseconds come back, the callers summarise them.
+TIME_ENGINE_JS = """async ([url, prompt, tokens, repeats, options]) => {
+  const m = await import('/src/engine.js');
+  const t0 = performance.now();
+  const engine = await m.Engine.load(url, options);
+  const loadMs = performance.now() - t0;
+  const ids = engine.encodeChat(prompt);
+  const prefills = [];
+  for (let i = 0; i < repeats; i++) {
+    engine.reset();
+    const e = engine.embed(ids);
+    const s = performance.now();
+    const l = engine.prefill(e);
+    await engine.device.sync();
+    prefills.push(performance.now() - s);
+    e.dispose(); l.dispose();
+  }
+  const decodes = [];
+  for (let i = 0; i < tokens; i++) {
+    const e = engine.embed([i + 1]);
+    const s = performance.now();
+    const l = engine.decode(e);
+    await engine.device.sync();
+    decodes.push(performance.now() - s);
+    e.dispose(); l.dispose();
+  }
+  let adapter = null;
+  if (options.device !== 'cpu' && navigator.gpu) {
+    const a = await navigator.gpu.requestAdapter();
+    const info = a ? [a.info.vendor, a.info.architecture, a.info.description] : [];
+    adapter = info.filter(Boolean).join(' ') || null;
+  }
+  const out = { adapter, loadMs, timings: engine.loadTimings, promptTokens: ids.length,
+                prefills, decodes, deviceKind: engine.deviceKind ?? null,
+                libraryName: engine.libraryName ?? null };
+  engine.dispose();
+  return out;
+}"""

@@ -172,11 +172,12 @@ def test_other_kernels_are_left_alone() -> None:
     assert cpu_schedule.schedule_matmul(te.create_prim_func([a, total])) is None
 
 
-# The register-blocked GEMM (cpu_kernels.gemm_*), taken on targets with AVX2 + FMA: below 16
-# rows each output is a dot product; from 16 on, packed panels and a 6-row micro-kernel whose
-# last block is a tail of 1-5 rows. Compiled for SSE2 too, where LLVM splits its vectors.
+# The register-blocked GEMM (cpu_kernels.gemm_*), taken on targets with AVX2 + FMA: below
+# PACK_ROWS (40) rows each output is a dot product; from there on, packed panels and a 6-row
+# micro-kernel whose last block is a tail of 1-5 rows. Compiled for SSE2 too, where LLVM splits
+# its vectors.
 WIDE_SHAPES = [(32, 40), (16, 1536), (64, 128)]
-WIDE_ROWS = [("prefill", 3), ("prefill", 16), ("prefill", 23), ("batch", 5), ("batch", 18)]
+WIDE_ROWS = [("prefill", 3), ("prefill", 40), ("prefill", 47), ("batch", 5), ("batch", 43)]
 
 
 @pytest.mark.parametrize("cpu", CPUS)
@@ -203,6 +204,13 @@ def test_wide_gemm_matches_numpy(
         got = _run(new, [x, w, out], cpu)
         want = x.astype(np.float64) @ w.T.astype(np.float64)
     _check(got, want)
+
+
+def test_wide_gemm_rows_cover_both_paths() -> None:
+    from mlcpatch.build.cpu_kernels import MR, PACK_ROWS
+
+    counts = [m for _, m in WIDE_ROWS]
+    assert min(counts) < PACK_ROWS and any(m >= PACK_ROWS and m % MR for m in counts)
 
 
 def test_wide_gemm_only_where_it_fits() -> None:

@@ -75,48 +75,26 @@ def _cpu(folder: pathlib.Path, tokens: int) -> dict[str, float]:
     }
 
 
-BROWSER_JS = """async ([url, prompt, tokens, device]) => {
-  const m = await import('/src/engine.js');
-  const t0 = performance.now();
-  const engine = await m.Engine.load(url, {device});
-  const loadMs = performance.now() - t0;
-  const ids = engine.encodeChat(prompt);
-  const prefills = [];
-  for (let i = 0; i < 3; i++) {
-    engine.reset();
-    const e = engine.embed(ids);
-    const s = performance.now();
-    const l = engine.prefill(e);
-    await engine.device.sync();
-    prefills.push(performance.now() - s);
-    e.dispose(); l.dispose();
-  }
-  const decodes = [];
-  for (let i = 0; i < tokens; i++) {
-    const e = engine.embed([i + 1]);
-    const s = performance.now();
-    const l = engine.decode(e);
-    await engine.device.sync();
-    decodes.push(performance.now() - s);
-    e.dispose(); l.dispose();
-  }
-  decodes.sort((a, b) => a - b);
-  engine.dispose();
-  return {loadMs, timings: engine.loadTimings, prefillMs: Math.min(...prefills),
-          decodeMs: decodes[Math.floor(decodes.length / 2)], device: engine.deviceKind};
-}"""
-
-
 def _browser(folder: pathlib.Path, tokens: int, devices: list[str]) -> dict[str, dict[str, Any]]:
     """Each device's figures, measured one after the other in one page."""
-    from browser_support import chromium
+    from browser_support import TIME_ENGINE_JS, chromium
 
     from mlcpatch.serve import WEB_DIR, running_server
 
     with running_server(WEB_DIR, folder) as server, chromium(webgpu=True) as session:
         page = session.new_page(server.url + "index.html")
         url = f"/artifacts/{folder.resolve().name}/"
-        return {d: page.evaluate(BROWSER_JS, [url, PROMPT, tokens, d]) for d in devices}
+        figures = {}
+        for d in devices:
+            raw = page.evaluate(TIME_ENGINE_JS, [url, PROMPT, tokens, 3, {"device": d}])
+            figures[d] = {
+                "loadMs": raw["loadMs"],
+                "timings": raw["timings"],
+                "prefillMs": min(raw["prefills"]),
+                "decodeMs": statistics.median(raw["decodes"]),
+                "device": raw["deviceKind"],
+            }
+        return figures
 
 
 def _ratio(a: float, b: float) -> str:
