@@ -21,6 +21,7 @@ from typing import Any
 X86_FLAGS = {
     "sse3": "pni",
     "ssse3": "ssse3",
+    "sse4a": "sse4a",
     "sse4.1": "sse4_1",
     "sse4.2": "sse4_2",
     "avx": "avx",

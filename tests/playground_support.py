@@ -21,6 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # GQA 3:1, so it has 3 heads and 3 KV heads.
 # The hd32 / hd64 models (hidden 64 with 2 heads / 1 head) give head_dim 32 and 64: prefill that
 # continues a sequence was wrong on WebGPU for head_dim >= 32 (test_browser_chunked.py).
+# Models built with 4-bit weights (the others: q0f32).
+QUANTIZATION = {"tiny-qwen2-q4": "q4f32_1"}
 MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "tiny-qwen2": ("qwen2", 0, {}),
     "tiny-llama48": (
@@ -34,6 +36,8 @@ MODELS: dict[str, tuple[str, int, dict[str, Any]]] = {
         },
     ),
     "tiny-qwen2-hd32": ("qwen2", 5, {"num_attention_heads": 2, "num_key_value_heads": 1}),
+    # hidden 64: every 4-bit matrix takes the hand-written q4 GEMV (k a multiple of 64)
+    "tiny-qwen2-q4": ("qwen2", 7, {}),
     "tiny-qwen2-hd64": ("qwen2", 6, {"num_attention_heads": 1, "num_key_value_heads": 1}),
 }
 
@@ -90,6 +94,7 @@ def build_models(
                     source = str(write_tiny_model(hf, arch, seed, config_overrides=overrides))
                 cmd = [sys.executable, "-m", "mlcpatch.cli", "build", "--arch", arch]
                 cmd += ["--model", source, "--target", targets, "--out", str(out), "-q"]
+                cmd += ["--quant", QUANTIZATION.get(name, "q0f32")]
                 log = open(root / f"build-{name}.log", "wb")  # noqa: SIM115 (closed below)
                 procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
             for name, (proc, log) in procs.items():

@@ -1,12 +1,13 @@
 """The wasm CPU build in a real headless Chromium: the engine's fallback without WebGPU.
 
-Two tiny random models are built once for the module: tiny-qwen2 for llvm, webgpu and wasm (so
-the choice between its two browser libraries can be watched), tiny-llama48 for llvm and wasm
-only. In a Chromium started without WebGPU, the engine must pick the CPU library on its own and
-compute what the native CPU build computes (hidden states, logits, greedy tokens); `device`
-and `?device=` must force or refuse a device as documented (web/API.md, "Devices"); the chat
-page and the playground must say which device runs and run on it (the playground's latent loop
-equal to Python's).
+Three tiny random models are built once for the module: tiny-qwen2 for llvm, webgpu and wasm
+(so the choice between its two browser libraries can be watched), tiny-llama48 (q0f32) and
+tiny-qwen2-q4 (q4f32_1: the 4-bit kernels compiled for wasm32) for llvm and wasm only. In a
+Chromium started without WebGPU, the engine must pick the CPU library on its own and compute
+what the native CPU build computes (hidden states, logits, greedy tokens); `device` and
+`?device=` must force or refuse a device as documented (web/API.md, "Devices"); the chat page
+and the playground must say which device runs and run on it (the playground's latent loop equal
+to Python's).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mlcpatch.serve import WEB_DIR, Server, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.heavy]
 
-QWEN, LLAMA = "tiny-qwen2", "tiny-llama48"
+QWEN, LLAMA, QWEN4 = "tiny-qwen2", "tiny-llama48", "tiny-qwen2-q4"
 PROMPT = "Hello there! What is two plus two?"
 TOKENS = 12
 FINISHED = "['done', 'error', 'stopped', 'no-webgpu'].includes(document.body.dataset.state)"
@@ -47,7 +48,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         pytest.fail(f"WebGPU/wasm toolchain unavailable: {exc}")
     root = tmp_path_factory.mktemp("wasm-builds")
     build_models(root, [QWEN], targets="llvm,webgpu,wasm")
-    build_models(root, [LLAMA], targets="llvm,wasm")
+    build_models(root, [LLAMA, QWEN4], targets="llvm,wasm")
     return root
 
 
@@ -67,7 +68,7 @@ def no_gpu() -> Iterator[BrowserSession]:
 @pytest.fixture(scope="module")
 def page(no_gpu: BrowserSession, server: Server) -> Any:
     page = no_gpu.new_page(server.url + "index.html")
-    for name in (QWEN, LLAMA):
+    for name in (QWEN, LLAMA, QWEN4):
         load_engine(page, _url(name))
     return page
 
@@ -88,7 +89,12 @@ def _device(page: Any, name: str) -> dict[str, str]:
 def test_libraries_listed_per_target(artifacts: pathlib.Path) -> None:
     from mlcpatch.artifact import read_manifest, verify_artifact
 
-    for name, targets in ((QWEN, {"llvm", "webgpu", "wasm"}), (LLAMA, {"llvm", "wasm"})):
+    every = (
+        (QWEN, {"llvm", "webgpu", "wasm"}),
+        (LLAMA, {"llvm", "wasm"}),
+        (QWEN4, {"llvm", "wasm"}),
+    )
+    for name, targets in every:
         manifest = verify_artifact(artifacts / name, exact=True)
         assert set(manifest.libraries) == targets
         assert manifest.libraries["wasm"] == f"{name}-cpu.wasm"
@@ -111,7 +117,7 @@ def test_without_webgpu_the_cpu_library_runs(page: Any, name: str) -> None:
         assert device["reason"] == "this artifact has no WebGPU library"
 
 
-@pytest.mark.parametrize("name", [QWEN, LLAMA])
+@pytest.mark.parametrize("name", [QWEN, LLAMA, QWEN4])
 def test_hidden_states_and_logits_match_native_cpu(
     page: Any, artifacts: pathlib.Path, name: str
 ) -> None:
@@ -136,7 +142,7 @@ def test_hidden_states_and_logits_match_native_cpu(
     assert web["position"] == len(ids) + 1
 
 
-@pytest.mark.parametrize("name", [QWEN, LLAMA])
+@pytest.mark.parametrize("name", [QWEN, LLAMA, QWEN4])
 def test_greedy_tokens_match_native_cpu(page: Any, artifacts: pathlib.Path, name: str) -> None:
     rt = Runtime(artifacts / name)
     ids = rt.encode_chat(PROMPT)
@@ -196,9 +202,9 @@ def test_chat_page_runs_on_the_cpu_and_says_so(no_gpu: BrowserSession, server: S
         assert "CPU (WebAssembly)" in page.inner_text("#gpu-status")
         status = page.inner_text("#device-status")
         assert status.startswith("Running on CPU (WebAssembly)"), status
-        # Both models are offered (each with a CPU library), marked as running on the CPU.
+        # Every model is offered (each has a CPU library), marked as running on the CPU.
         labels = page.locator("#model-select option").all_inner_texts()
-        assert len(labels) == 2 and all("on the CPU" in label for label in labels), labels
+        assert len(labels) == 3 and all("on the CPU" in label for label in labels), labels
         page.check("#greedy")
         page.fill("#max-tokens", "6")
         page.fill("#prompt", "What is two plus two?")
