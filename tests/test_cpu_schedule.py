@@ -21,7 +21,7 @@ from tvm import te, tirx  # noqa: E402
 
 from mlcpatch.build import cpu_schedule  # noqa: E402
 from mlcpatch.build.quantization import group_quant, q4_format  # noqa: E402
-from mlcpatch.build.targets import resolve_cpu  # noqa: E402
+from mlcpatch.build.targets import parse_targets  # noqa: E402
 
 # Sums of up to 1536 products of N(0,1) values, reassociated: float32 rounding, relative to
 # the largest output, stays near 1e-6 (measured <= 6e-7 on SmolLM2's shapes).
@@ -71,11 +71,8 @@ CPUS = ["portable", "native"]
 
 
 def _run(func: tirx.PrimFunc, args: list[np.ndarray], cpu: str = "portable") -> np.ndarray:
-    options: dict[str, Any] = {"kind": "llvm", "fast-math-reassoc": True}
-    mcpu = resolve_cpu(cpu)
-    if mcpu is not None:
-        options["mcpu"] = mcpu
-    target = tvm.target.Target(options)
+    (llvm,) = parse_targets("llvm", cpu)  # the target a build for that CPU compiles with
+    target = llvm.make_target()
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]

@@ -418,7 +418,7 @@ def test_q4f32_1_portable_library_matches_reference_too(
     ids = rt.encode_chat(PROMPT)
     prefill = rt.prefill(rt.embed(ids))
     decode = rt.decode(rt.embed([11]))
-    ref_hidden, ref_logits = forward(reference_model(hf, native), ids + [11])
+    _, ref_logits = forward(reference_model(hf, native), ids + [11])
     errors = {
         "prefill": np.abs(prefill - ref_logits[len(ids) - 1]).max(),
         "decode": np.abs(decode - ref_logits[len(ids)]).max(),

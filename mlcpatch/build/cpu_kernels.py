@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlcpatch.build.quantization.q4_format import GROUP_SIZE, PER_WORD
+from mlcpatch.build.quantization.q4_format import GROUP_SIZE, PER_WORD, quantized_shapes
 
 LANES = 8  # f32 lanes of one AVX2 register (two SSE2 ones); equal to PER_WORD
 TILE_N = 4  # output rows of one q4_gemv task
@@ -47,7 +47,8 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
     """
     from tvm.script import tirx as T
 
-    words_per_row, groups, blocks = k // PER_WORD, k // 32, k // (LANES * PER_WORD)
+    (_, words_per_row), (_, groups) = quantized_shapes((n, k))
+    blocks = k // (LANES * PER_WORD)
     tile = TILE_N if n % TILE_N == 0 else 1
     top = PER_WORD - 1
 
@@ -212,13 +213,13 @@ def gemm_q4(n: int, k: int) -> Any:
     dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile."""
     from tvm.script import tirx as T
 
-    groups = -(-k // GROUP_SIZE)
+    (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     task = _gemm_task(n, k)
 
     @T.prim_func(private=True)
     def kernel(
         var_x: T.handle,
-        q: T.Buffer((n, groups * GROUP_SIZE // PER_WORD), "uint32"),
+        q: T.Buffer((n, words_per_row), "uint32"),
         s: T.Buffer((n, groups), "float32"),
         var_out: T.handle,
     ) -> None:

@@ -34,7 +34,7 @@ from tvm import s_tir, tirx
 from mlcpatch.build import cpu_kernels
 from mlcpatch.build.cpu_kernels import LANES, NR, TILE_N
 from mlcpatch.build.quantization.group_quant import DEQUANT_BLOCK, inline_dequantize_func
-from mlcpatch.build.quantization.q4_format import PER_WORD
+from mlcpatch.build.quantization.q4_format import PER_WORD, quantized_shapes
 
 MATMUL_BLOCKS = ("NT_matmul", "q4_matmul")  # FuseTransposeMatmul's and group_quant.py's
 
@@ -119,16 +119,8 @@ def _operands(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> list[Any]
         return None
     if not all(p.same_as(b) for p, b in zip(params, operands, strict=True)):
         return None
-    want = (
-        ["float32", "float32", "float32"]
-        if dequant is None
-        else ["float32"]
-        + [
-            "uint32",
-            "float32",
-            "float32",
-        ]
-    )
+    # (x, w, out) or (x, words, scales, out)
+    want = ["float32"] * 3 if dequant is None else ["float32", "uint32", "float32", "float32"]
     if [str(b.dtype) for b in operands] != want:
         return None
     return operands
@@ -151,7 +143,7 @@ def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any) -> Any | None:
     n, k = w_shape[0], x_shape[-1]
     if k % (LANES * PER_WORD) or out_shape[-1] != n:
         return None
-    if w_shape != [n, k // PER_WORD] or s_shape != [n, k // 32]:
+    if (tuple(w_shape), tuple(s_shape)) != quantized_shapes((n, k)):
         return None
     return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape))
 
@@ -168,8 +160,7 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> Any | None:
     weights = [_static(b) for b in operands[1:-1]]
     if dequant is None:
         return cpu_kernels.gemm_f32(n, k) if weights == [[n, k]] else None
-    groups = -(-k // 32)
-    if weights != [[n, groups * 32 // PER_WORD], [n, groups]]:
+    if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
     return cpu_kernels.gemm_q4(n, k)
 
@@ -199,6 +190,11 @@ def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None
     sch.decompose_reduction(rf, ko)
 
 
+def _with_attrs_of(func: tirx.PrimFunc, kernel: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``kernel`` carrying ``func``'s attributes (the replaced kernel's, e.g. its op pattern)."""
+    return kernel.with_attrs(dict(func.attrs)) if func.attrs else kernel
+
+
 def schedule_matmul(func: tirx.PrimFunc, wide: bool = False) -> tirx.PrimFunc | None:
     """``func`` scheduled (or replaced by a hand-written kernel), or None when it is not a
     kernel these schedules know. ``wide``: the target has AVX2 + FMA (16 256-bit registers),
@@ -223,13 +219,13 @@ def schedule_matmul(func: tirx.PrimFunc, wide: bool = False) -> tirx.PrimFunc | 
             return None
         kernel = _q4_gemv(sch, block, dequant)
         if kernel is not None:
-            return kernel.with_attrs(dict(func.attrs)) if func.attrs else kernel
+            return _with_attrs_of(func, kernel)
         sch.compute_inline(dequant)
         _schedule_gemv(sch, block)
     else:
         kernel = _gemm(sch, block, dequant) if wide else None
         if kernel is not None:
-            return kernel.with_attrs(dict(func.attrs)) if func.attrs else kernel
+            return _with_attrs_of(func, kernel)
         _schedule_gemm(sch, block, dequant)
     return sch.mod["main"]
 
