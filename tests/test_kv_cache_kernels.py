@@ -56,6 +56,29 @@ def test_cpu_export_keeps_tvm_cpu_merge_kernel() -> None:
     assert "tir_attention_merge_state" not in funcs
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gemma3"])
+def test_cpu_export_uses_hand_written_attention_kernels(arch: str) -> None:
+    """CPU builds carry mlcpatch/build/cpu_attention.py's kernels in place of TVM's scalar
+    ones, under TVM's kernels' symbols; sliding-window ones stay TVM's."""
+    from tvm import tirx
+    from tvm.target import Target
+
+    mod = _export(arch, Target({"kind": "llvm"}))
+    made = {
+        gvar.name_hint: str(func.attrs["mlcpatch.kernel"])
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tirx.PrimFunc) and func.attrs and "mlcpatch.kernel" in func.attrs
+    }
+    assert made == {
+        "batch_decode_paged_kv_cpu": "paged_decode_attention",
+        "batch_prefill_paged_kv_cpu": "paged_prefill_attention",
+        "batch_prefill_ragged_kv": "ragged_prefill_attention",
+        "fused_rope": "split_rotary",
+    }
+    if arch == "gemma3":  # its window layers keep TVM's kernel
+        assert "batch_decode_paged_kv_cpu_sliding_window" in _prim_funcs(mod)
+
+
 def test_merge_kernel_gives_each_row_to_one_invocation() -> None:
     """No two invocations touch the same S[n, h]: the row index is the invocation's index."""
     from mlcpatch.models.kv_cache import merge_state_inplace

@@ -141,12 +141,15 @@ def quant_code_sha256() -> dict[str, str]:
 
 def cpu_code_sha256() -> dict[str, str]:
     """sha256 of the files that decide the CPU library's kernels beyond the model: its target,
-    the Relax rewrites before the build, and the TIR schedules."""
+    the Relax rewrites before the build, the TIR schedules and hand-written kernels, and the KV
+    cache that installs the attention ones."""
     here = pathlib.Path(__file__).resolve().parent
-    return {
-        name: sha256_file(here / name)
-        for name in ("targets.py", "cpu_schedule.py", "cpu_kernels.py")
-    }
+    files = [
+        here / name
+        for name in ("targets.py", "cpu_schedule.py", "cpu_kernels.py", "cpu_attention.py")
+    ]
+    files.append(here.parent / "models" / "kv_cache.py")
+    return {path.name: sha256_file(path) for path in files}
 
 
 def _quantize(model: Any, quant: Quantization) -> dict[str, QuantizedWeight]:

@@ -17,6 +17,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache as TVMPagedKVCache
 from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
+from mlcpatch.build import cpu_attention
 from mlcpatch.models.config_base import ModelConfigError
 
 __all__ = ["PagedKVCache", "RopeMode", "SUPPORTED_ROPE_SCALING"]
@@ -115,6 +116,18 @@ class PagedKVCache(TVMPagedKVCache):
             ) from exc
         if target.kind.name != "llvm":
             replace_merge_kernels(rx.BlockBuilder.current())
+        else:
+            cpu_attention.install(
+                rx.BlockBuilder.current(),
+                num_kv_heads=num_key_value_heads,
+                num_qo_heads=num_attention_heads,
+                head_dim=qk_head_dim,
+                v_head_dim=v_head_dim,
+                dtype=dtype,
+                rope_theta=rope_theta,
+                rope_scale=rope_scale,
+                rope_scaling=dict(rope_scaling or {}),
+            )
         return cache
 
 
