@@ -493,3 +493,28 @@ def test_cli_builds_q4f32_1(tiny_hf: Callable[[str], pathlib.Path], tmp_path: pa
     assert rt.config["quantization"] == "q4f32_1"
     assert rt.manifest.options["quantization"] == "q4f32_1"
     assert len(rt.generate(prompt_ids=[1, 2, 3], max_new_tokens=4, greedy=True).output_ids) >= 1
+
+
+@pytest.mark.heavy
+def test_bench_compare_reports_each_folder_at_the_asked_context(
+    built: Callable[..., pathlib.Path], tmp_path: pathlib.Path, capsys: Any
+) -> None:
+    """`python -m mlcpatch.build.quantization.bench --compare`: both folders measured, with the
+    context and prompt length asked for; the first folder is the ratios' base."""
+    from mlcpatch.build.quantization import bench
+
+    q0, q4 = built("qwen2-untied", "q0f32"), built("qwen2-untied", "q4f32_1")
+    out = tmp_path / "compare.json"
+    bench.main(
+        ["--compare", f"f32={q0}", f"q4={q4}", "--rounds", "1", "--steps", "2"]
+        + ["--context", "40", "--prefill-tokens", "9", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    assert (report["decode_context"], report["prefill_tokens"], report["rounds"]) == (40, 9, 1)
+    assert set(report["folders"]) == {"f32", "q4"}
+    assert report["folders"]["f32"]["decode_vs_f32"] == 1.0
+    for item in report["folders"].values():
+        assert item["decode_tokens_per_s"] > 0 and item["prefill_tokens_per_s"] > 0
+    assert "after 40 positions" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--compare", f"f32={q0}", "--context", "0"])

@@ -50,10 +50,11 @@ def folder_bytes(folder: Path) -> dict[str, int]:
     return {"weights": int(cache["metadata"]["ParamBytes"]), "folder": total}
 
 
-def decode_speed(runtime: Runtime, steps: int) -> float:
-    """Decode steps per second after a one-token prefill."""
+def decode_speed(runtime: Runtime, steps: int, context: int = 1) -> float:
+    """Decode steps per second after a prefill of ``context`` positions (attention's share of
+    a step grows with it)."""
     runtime.reset()
-    runtime.prefill(runtime.embed([1]))
+    runtime.prefill(runtime.embed((np.arange(context) + 1) % runtime.vocab_size))
     one = runtime.embed([5])
     start = time.perf_counter()
     for _ in range(steps):
@@ -87,9 +88,16 @@ def prefill_speed(runtime: Runtime, tokens: int = PREFILL_TOKENS) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def compare_folders(folders: dict[str, Path], rounds: int, steps: int) -> dict[str, Any]:
-    """Decode and prefill tokens/s of each folder (median over ``rounds``, alternated), and
-    each one's ratio to the first folder's."""
+def compare_folders(
+    folders: dict[str, Path],
+    rounds: int,
+    steps: int,
+    context: int = 1,
+    prefill_tokens: int = PREFILL_TOKENS,
+) -> dict[str, Any]:
+    """Decode (after ``context`` cached positions) and prefill (``prefill_tokens``) tokens/s of
+    each folder (median over ``rounds``, alternated), and each one's ratio to the first
+    folder's."""
     runtimes = {label: Runtime(folder, verify=False) for label, folder in folders.items()}
     decode: dict[str, list[float]] = {label: [] for label in folders}
     prefill: dict[str, list[float]] = {label: [] for label in folders}
@@ -98,8 +106,8 @@ def compare_folders(folders: dict[str, Path], rounds: int, steps: int) -> dict[s
         prefill_speed(runtime, 8)
     for _ in range(rounds):
         for label, runtime in runtimes.items():
-            decode[label].append(decode_speed(runtime, steps))
-            prefill[label].append(prefill_speed(runtime))
+            decode[label].append(decode_speed(runtime, steps, context))
+            prefill[label].append(prefill_speed(runtime, prefill_tokens))
     import tvm
 
     base = next(iter(folders))
@@ -107,7 +115,8 @@ def compare_folders(folders: dict[str, Path], rounds: int, steps: int) -> dict[s
         "threads": int(tvm.get_global_func("runtime.NumThreads")()),
         "rounds": rounds,
         "decode_steps": steps,
-        "prefill_tokens": PREFILL_TOKENS,
+        "decode_context": context,
+        "prefill_tokens": prefill_tokens,
         "folders": {},
     }
     for label, folder in folders.items():
@@ -126,8 +135,9 @@ def compare_folders(folders: dict[str, Path], rounds: int, steps: int) -> dict[s
 def print_comparison(report: dict[str, Any]) -> None:
     base = next(iter(report["folders"]))
     print(
-        f"CPU, {report['threads']} TVM threads; decode {report['decode_steps']} steps, prefill "
-        f"{report['prefill_tokens']} tokens; median of {report['rounds']} alternated rounds"
+        f"CPU, {report['threads']} TVM threads; decode {report['decode_steps']} steps after "
+        f"{report.get('decode_context', 1)} positions, prefill {report['prefill_tokens']} "
+        f"tokens; median of {report['rounds']} alternated rounds"
     )
     for label, item in report["folders"].items():
         print(
@@ -253,12 +263,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=5, help="--compare: alternated rounds")
     parser.add_argument("--steps", type=int, default=32, help="--compare: decode steps a round")
+    parser.add_argument(
+        "--context", type=int, default=1, help="--compare: cached positions before decoding"
+    )
+    parser.add_argument(
+        "--prefill-tokens",
+        type=int,
+        default=PREFILL_TOKENS,
+        help="--compare: prompt length of the prefill figure",
+    )
     args = parser.parse_args(argv)
+    if args.context < 1 or args.prefill_tokens < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error("--context, --prefill-tokens, --steps and --rounds must be at least 1")
     if args.compare:
         from mlcpatch.threads import configure_threads
 
         configure_threads()
-        report = compare_folders(dict(args.compare), args.rounds, args.steps)
+        report = compare_folders(
+            dict(args.compare), args.rounds, args.steps, args.context, args.prefill_tokens
+        )
         print_comparison(report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
