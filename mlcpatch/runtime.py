@@ -163,6 +163,10 @@ class Runtime:
                     f"{self.folder}: {key} {value} is above this model's limit of {limit} "
                     "(sliding-window attention is exact only within it)"
                 )
+        # TVM's fork of a sequence gave wrong hidden states where sliding-window layers use the
+        # cache's window kernels (tiny Gemma 3, prompts past the window: off by up to 3), which
+        # is when a build limits the prefill chunk (config_base.py). Such models do not fork.
+        self.can_fork = "prefill_chunk_size" not in model_config.get("runtime_limits", {})
         self._shape = ShapeTuple
         self._f = _Functions(self._vm, self.folder)
         self._kv_add = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
@@ -171,6 +175,7 @@ class Runtime:
         self._kv_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
         self._kv_remove = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
         self._kv_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
+        self._kv_fork = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
         self._capacity = 0  # sequences the KV cache was made for
         self._kv: Any = None
         self._lengths: dict[int, int] = {}  # sequence id -> positions it holds
@@ -238,6 +243,26 @@ class Runtime:
         elif length < current:
             self._kv_popn(self._kv, seq, current - length)
         self._lengths[seq] = length
+        return length
+
+    def fork(self, parent: int, child: int, length: int) -> int:
+        """Make ``child`` hold the first ``length`` positions of ``parent`` (dropping what it
+        held); the length it holds: 0 where this model cannot fork (``can_fork``). The cache
+        shares the parent's full pages with the child (copying only a partly used one), so the
+        prefix is neither computed nor stored twice."""
+        held = self._check_seq(parent)
+        self._check_seq(child)
+        if parent == child:
+            raise ValueError(f"cannot fork sequence {parent} into itself")
+        if not 0 <= length <= held:
+            raise ValueError(f"sequence {parent} holds {held} positions; cannot fork {length}")
+        self._kv_remove(self._kv, child)
+        if length == 0 or not self.can_fork:
+            self._kv_add(self._kv, child)
+            length = 0
+        else:
+            self._kv_fork(self._kv, parent, child, length)
+        self._lengths[child] = length
         return length
 
     def length(self, seq: int) -> int:

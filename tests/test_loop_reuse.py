@@ -5,7 +5,8 @@ an empty sequence and runs the whole prompt. Against it, on the real compiled ru
 - sharing keeps each agent's prompt before the `{latent}` slot between rounds: same answers and
   texts, the same hidden states on every position both ran (1e-5), fewer positions from round 2;
 - `run_batch` runs several questions in lockstep (ragged prefill, batched decode): each one's
-  answer, tokens and hidden states are those of its run alone.
+  answer, tokens and hidden states are those of its run alone; with sharing, the agents'
+  instructions the questions have in common run once and are forked into every sequence.
 Hidden states and logits are checked call by call by `Checked` (below).
 """
 
@@ -58,6 +59,7 @@ class Checked:
         self._backend, self._ref = backend, reference
         self.content: dict[int, list[np.ndarray]] = {}
         self.checked = 0
+        self.forked = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -70,6 +72,12 @@ class Checked:
     def truncate(self, seq: int, length: int) -> int:
         kept = self._backend.truncate(seq, length)
         self.content[seq] = self.content[seq][:kept]
+        return kept
+
+    def fork(self, parent: int, child: int, length: int) -> int:
+        kept = self._backend.fork(parent, child, length)
+        self.content[child] = self.content[parent][:kept]
+        self.forked += kept > 0
         return kept
 
     def _prompts(self, verb: str, seqs: list[int], embeds: list[np.ndarray]) -> list[np.ndarray]:
@@ -156,15 +164,45 @@ def test_batched_questions_match_one_at_a_time(checked: dict[str, Checked], vari
     settings = Settings(**SETTINGS)
     for mode in ("latent", "text"):
         alone = [run(mode, pattern, agents, q, settings, links) for q in QUESTIONS]
-        backend.checked = 0
+        backend.checked = backend.forked = 0
         together = run_batch(mode, pattern, agents, QUESTIONS, settings, links)
         assert backend.checked > 0
+        # every agent's first turn: forked into the second and third questions' sequences
+        # (models whose window layers use the cache's window kernels do not fork)
+        assert backend.forked == (2 * len(agents) if backend.can_fork else 0)
         assert [r.question for r in together] == QUESTIONS
-        for one, batched in zip(alone, together, strict=True):
+        for q, (one, batched) in enumerate(zip(alone, together, strict=True)):
+            _same_run(one, batched)
+            for a, b in zip(one.steps, batched.steps, strict=True):
+                if q == 0 or b.round > 1 or not backend.can_fork:  # the first runs the prefix
+                    assert (b.positions_processed, b.positions_reused) == (
+                        a.positions_processed,
+                        a.positions_reused,
+                    )
+                else:  # the others start from it
+                    assert b.positions_reused > 0 and a.positions_reused == 0
+                    assert b.positions_processed == a.positions_processed - b.positions_reused
+        unshared = run_batch(
+            mode, pattern, agents, QUESTIONS, Settings(**SETTINGS, share_prefix=False), links
+        )
+        for one, batched in zip(
+            [run(mode, pattern, agents, q, Settings(**SETTINGS, share_prefix=False), links)
+             for q in QUESTIONS],
+            unshared,
+            strict=True,
+        ):  # fmt: skip
             _same_run(one, batched)
             assert [s.positions_processed for s in one.steps] == [
                 s.positions_processed for s in batched.steps
             ]
+
+
+def test_window_kernel_models_do_not_fork(built: Callable[..., pathlib.Path]) -> None:
+    rt = Runtime(built("gemma3-softcap-linear"), verify=False)
+    assert not rt.can_fork
+    rt.open_sequences(2)
+    rt.get_last_hidden(rt.embed([3, 4, 5]))
+    assert rt.fork(0, 1, 2) == 0 and rt.length(1) == 0
 
 
 @pytest.mark.parametrize("variant", ["qwen2-untied", "gemma3-softcap-linear"])
@@ -202,10 +240,25 @@ def test_runtime_truncate_and_batch_verbs(built: Callable[..., pathlib.Path], va
     for s in range(3):
         np.testing.assert_allclose(logits[s], fresh_logits[s], atol=LOGITS_ATOL, rtol=0)
         np.testing.assert_allclose(next_logits[s], fresh_next[s], atol=LOGITS_ATOL, rtol=0)
+    with pytest.raises(ValueError, match="cannot fork"):
+        rt.fork(0, 0, 0)
     with pytest.raises(ValueError, match="cannot keep"):
         rt.truncate(0, rt.length(0) + 1)
     with pytest.raises(ValueError, match="no sequence 3"):
         rt.select(3)
+    if not rt.can_fork:
+        return  # test_window_kernel_models_do_not_fork
+    # Fork a prefix of one sequence into another and continue both: as if each ran alone.
+    prefix = 13  # a partly used page of 16 positions: the fork copies it
+    rt.open_sequences(2)
+    rt.get_last_hidden_batch([0], [rt.embed(prompts[0][:prefix])])
+    assert rt.fork(0, 1, prefix) == prefix and rt.length(1) == prefix
+    tails = [rt.embed(prompts[0][prefix:]), rt.embed([7, 8, 9])]
+    both = rt.get_last_hidden_batch([0, 1], tails)
+    np.testing.assert_allclose(both[0], fresh_hidden[0][prefix:], atol=ATOL, rtol=0)
+    rt.reset()
+    alone = rt.get_last_hidden(rt.embed(prompts[0][:prefix] + [7, 8, 9]))
+    np.testing.assert_allclose(both[1], alone[prefix:], atol=ATOL, rtol=0)
 
 
 def test_torch_backend_reuses_and_batches_alike(

@@ -41,6 +41,7 @@ class ModelBackend(Protocol):
     def open_sequences(self, count: int) -> None: ...
     def select(self, seq: int) -> None: ...
     def truncate(self, seq: int, length: int) -> int: ...
+    def fork(self, parent: int, child: int, length: int) -> int: ...
     def prefill_batch(self, seqs: list[int], embeds: list[np.ndarray]) -> np.ndarray: ...
     def decode_batch(self, seqs: list[int], embeds: np.ndarray) -> np.ndarray: ...
     def get_last_hidden_batch(
@@ -157,6 +158,18 @@ class TorchBackend(OneAtATime):
             self._caches[seq] = DynamicCache()
         self._lengths[seq] = length
         return length
+
+    def fork(self, parent: int, child: int, length: int) -> int:
+        import copy
+
+        self.select(child)
+        self.select(parent)
+        held = self._lengths[parent]
+        if parent == child or not 0 <= length <= held:
+            raise ValueError(f"cannot fork {length} positions of sequence {parent} into {child}")
+        self._caches[child] = copy.deepcopy(self._caches[parent])
+        self._lengths[child] = held
+        return self.truncate(child, length)  # 0 where the cache cannot be cropped
 
     @property
     def position(self) -> int:

@@ -236,6 +236,29 @@ def _generate_batch(
     return results
 
 
+def _share_across_questions(
+    backend: ModelBackend, inputs: list[AgentInput], seqs: list[int]
+) -> list[int]:
+    """The prompt positions every question of a batch has in common before its ``{latent}``
+    slot (an agent's instructions, up to where the questions differ): run once, into the
+    first question's sequence, and forked into the others' (the KV cache shares the pages).
+    Sequences start over. The positions each sequence holds afterwards (all 0: too few
+    questions or nothing in common; 0 for one whose backend could not fork it: it runs its
+    whole prompt)."""
+    for seq in seqs:
+        backend.truncate(seq, 0)
+    if len(inputs) < 2:
+        return [0] * len(seqs)
+    stables = [given.head_ids[: given.stable_prefix] for given in inputs]
+    shared = min(len(given.embeds) - 1 for given in inputs)  # each runs its last position
+    for stable in stables[1:]:
+        shared = min(shared, common_prefix(stables[0], stable))
+    if shared < 1:
+        return [0] * len(seqs)
+    backend.get_last_hidden_batch([seqs[0]], [inputs[0].embeds[:shared]])
+    return [shared] + [backend.fork(seqs[0], seq, shared) for seq in seqs[1:]]
+
+
 def _check_system(pattern: Pattern, agents: list[Agent], links: Links | None) -> None:
     if [a.role.name for a in agents] != [r.name for r in pattern.agents]:
         raise ValueError("agents must follow the pattern's order")
@@ -327,9 +350,17 @@ def run_batch(
             final = rnd == settings.rounds and index == len(agents) - 1
             notify("agent", rnd, role.name)
             began = time.perf_counter()
+            inputs = [_agent_input(mode, backend, role, item, links) for item in batch]
+            shared = 0  # prompt positions the first question runs for every question of the batch
+            if settings.share_prefix and not any((q, index) in held for q in range(len(batch))):
+                holds = _share_across_questions(
+                    backend, [g for g, _ in inputs], [slots(q, index) for q in range(len(batch))]
+                )
+                for q, ((given, _), length) in enumerate(zip(inputs, holds, strict=True)):
+                    held[(q, index)] = given.head_ids[:length]
+                shared = holds[0]
             seqs, rest, steps = [], [], []
-            for q, item in enumerate(batch):
-                given, tool_results = _agent_input(mode, backend, role, item, links)
+            for q, (given, tool_results) in enumerate(inputs):
                 stable = given.head_ids[: given.stable_prefix]
                 reuse = 0
                 if settings.share_prefix:
@@ -343,6 +374,9 @@ def run_batch(
                 step = AgentStep(rnd, role.name, n, 0, 0, n - reuse, 0.0, 0)
                 step.tool_results, step.positions_reused = tool_results, reuse
                 steps.append(step)
+            if shared:  # counted once, where it ran
+                steps[0].positions_processed += shared
+                steps[0].positions_reused -= shared
             if final or mode == "text":
                 budget = settings.max_new_tokens if final else settings.text_tokens
                 rngs = [item.rng for item in batch]
