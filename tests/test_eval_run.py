@@ -211,14 +211,22 @@ def test_eval_command_on_tiny_models(
     assert report["size"] == 3
     other = runner.invoke(main, [*args[:-5], "--rounds", "2", "--out", str(out)])
     assert other.exit_code != 0 and "other settings (settings)" in other.output
-    # Three questions at once: the answers and counts of one at a time.
+    # Three questions at once: the answers and counts of one at a time; the agents' shared
+    # instructions run once, in the first question (the others fork them: fewer positions).
     batched_out = tmp_path / "batched"
     batched = runner.invoke(main, [*args[:-2], str(batched_out), "--no-progress", "--batch", "3"])
     assert batched.exit_code == 0, batched.output
     assert "answers/s" in batched.output and "with --batch 3" in batched.output
-    keys = ("answer", "tokens_generated", "positions_processed", "correct")
+    keys = ("answer", "tokens_generated", "correct")
 
-    def table(folder: pathlib.Path) -> dict:
-        return {(r["id"], r["mode"]): [r[k] for k in keys] for r in read_results(folder / RESULTS)}
+    def table(folder: pathlib.Path, key: str | None = None) -> dict:
+        rows = read_results(folder / RESULTS)
+        return {(r["id"], r["mode"]): [r[k] for k in ((key,) if key else keys)] for r in rows}
 
     assert table(batched_out) == table(out)
+    alone, together = (table(f, "positions_processed") for f in (out, batched_out))
+    for (qid, mode), positions in together.items():
+        if qid == "qs-1" or mode == "single":  # runs the shared prefix; single: no loop
+            assert positions == alone[(qid, mode)]
+        else:
+            assert positions < alone[(qid, mode)]
