@@ -106,6 +106,7 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
       ``vf[v_base + r * v_stride + d]``: scores by 8-lane dot products, the softmax state moved
       on by one rescale, values accumulated in vectors.
     - ``finish``: output and lse (base 2) of the row.
+    - ``attend_pages``: ``attend`` over a sequence's cached pages, one page at a time.
     """
     from tvm.script import tirx as T
 
@@ -197,7 +198,33 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                 output[row, kv_head * group + g, d] = acc_o[g, d] / run_sum[g]
             lse[row, kv_head * group + g] = run_max[g] + T.log2(run_sum[g])
 
-    return start, attend, finish
+    @T.macro
+    def attend_pages(st: Any, pages: Any, flat: Any, keys: Any, values: Any, first: Any,
+                     seen: Any, kv_head: Any, rotary: Any, k_pos: Any, rope_scale: Any,
+                     rope_theta: Any) -> None:  # fmt: skip
+        """The first ``seen`` cached positions of a sequence whose page numbers start at
+        ``values[first]`` (``flat``: the pages as one array; ``keys``: scratch for keys rotated
+        in place, inline RoPE only, position ``k_pos`` onwards)."""
+        for page in range((seen + CHUNK - 1) // CHUNK):
+            page_no = values[first + page]
+            rows = T.min(CHUNK, seen - page * CHUNK)
+            k_base = ((page_no * 2) * hk + kv_head) * CHUNK * dim
+            v_base = ((page_no * 2 + 1) * hk + kv_head) * CHUNK * dim
+            if rotary == 1:
+                for r, d in T.grid(rows, dim):
+                    keys[r * dim + d] = _rotated(
+                        pages,
+                        (page_no, 0, kv_head, r, d),
+                        T.Cast("float32", k_pos + page * CHUNK + r) * rope_scale,
+                        dim,
+                        rope_theta,
+                        rope_scaling,
+                    )
+                attend(st, keys, flat, 0, v_base, dim, dim, rows)
+            else:
+                attend(st, flat, flat, k_base, v_base, dim, dim, rows)
+
+    return start, attend, finish, attend_pages
 
 
 def _scratch(group: int, dim: int) -> Any:
@@ -228,7 +255,7 @@ def paged_decode_attention(
 
     hq, hk, dim, psz = num_qo_heads, num_kv_heads, head_dim, CHUNK
     group = hq // hk
-    start, attend, finish = _attention_macros(hq, hk, dim, rope_scaling)
+    start, attend, finish, attend_pages = _attention_macros(hq, hk, dim, rope_scaling)
 
     @T.prim_func(private=True)
     def kernel(
@@ -275,24 +302,8 @@ def paged_decode_attention(
             kv_len = T.if_then_else(n_pages > 0, (n_pages - 1) * psz + last_len[seq], 0)
             start(st, query, seq, kv_head, rotary_mode, q_rope[seq], rope_scale, rope_theta,
                   sm_scale * T.float32(LOG2E))  # fmt: skip
-            for page in range((kv_len + psz - 1) // psz):
-                page_no = values[first + page]
-                rows = T.min(psz, kv_len - page * psz)
-                k_base = ((page_no * 2) * hk + kv_head) * psz * dim
-                v_base = ((page_no * 2 + 1) * hk + kv_head) * psz * dim
-                if rotary_mode == 1:
-                    for r, d in T.grid(rows, dim):
-                        keys[r * dim + d] = _rotated(
-                            pages,
-                            (page_no, 0, kv_head, r, d),
-                            T.Cast("float32", k_rope[seq] + page * psz + r) * rope_scale,
-                            dim,
-                            rope_theta,
-                            rope_scaling,
-                        )
-                    attend(st, keys, flat, 0, v_base, dim, dim, rows)
-                else:
-                    attend(st, flat, flat, k_base, v_base, dim, dim, rows)
+            attend_pages(st, pages, flat, keys, values, first, kv_len, kv_head, rotary_mode,
+                         k_rope[seq], rope_scale, rope_theta)  # fmt: skip
             finish(st, output, lse, seq, kv_head)
 
     return kernel
@@ -311,7 +322,7 @@ def paged_prefill_attention(
 
     hq, hk, dim, psz = num_qo_heads, num_kv_heads, head_dim, CHUNK
     group = hq // hk
-    start, attend, finish = _attention_macros(hq, hk, dim, rope_scaling)
+    start, attend, finish, attend_pages = _attention_macros(hq, hk, dim, rope_scaling)
 
     @T.prim_func(private=True)
     def kernel(
@@ -367,24 +378,8 @@ def paged_prefill_attention(
                 seen = T.max(T.if_then_else(causal > 0, kv_len - q_len + task // hk + 1, kv_len), 0)
                 start(st, query, row, kv_head, rotary_mode, q_rope[row], rope_scale,
                       rope_theta, sm_scale * T.float32(LOG2E))  # fmt: skip
-                for page in range((seen + psz - 1) // psz):
-                    page_no = values[first + page]
-                    rows = T.min(psz, seen - page * psz)
-                    k_base = ((page_no * 2) * hk + kv_head) * psz * dim
-                    v_base = ((page_no * 2 + 1) * hk + kv_head) * psz * dim
-                    if rotary_mode == 1:
-                        for r, d in T.grid(rows, dim):
-                            keys[r * dim + d] = _rotated(
-                                pages,
-                                (page_no, 0, kv_head, r, d),
-                                T.Cast("float32", k_rope[seq] + page * psz + r) * rope_scale,
-                                dim,
-                                rope_theta,
-                                rope_scaling,
-                            )
-                        attend(st, keys, flat, 0, v_base, dim, dim, rows)
-                    else:
-                        attend(st, flat, flat, k_base, v_base, dim, dim, rows)
+                attend_pages(st, pages, flat, keys, values, first, seen, kv_head, rotary_mode,
+                             k_rope[seq], rope_scale, rope_theta)  # fmt: skip
                 finish(st, output, lse, row, kv_head)
 
     return kernel
@@ -403,7 +398,7 @@ def ragged_prefill_attention(
 
     hq, hk, dim = num_qo_heads, num_kv_heads, head_dim
     group = hq // hk
-    start, attend, finish = _attention_macros(hq, hk, dim, rope_scaling)
+    start, attend, finish, attend_pages = _attention_macros(hq, hk, dim, rope_scaling)
 
     @T.prim_func(private=True)
     def kernel(
