@@ -242,11 +242,9 @@ def _share_across_questions(
     """The prompt positions every question of a batch has in common before its ``{latent}``
     slot (an agent's instructions, up to where the questions differ): run once, into the
     first question's sequence, and forked into the others' (the KV cache shares the pages).
-    Sequences start over. The positions each sequence holds afterwards (all 0: too few
-    questions or nothing in common; 0 for one whose backend could not fork it: it runs its
-    whole prompt)."""
-    for seq in seqs:
-        backend.truncate(seq, 0)
+    The positions each sequence holds afterwards (all 0: too few questions or nothing in
+    common, sequences untouched: the turn starts them over; 0 for one whose backend could not
+    fork it: it runs its whole prompt)."""
     if len(inputs) < 2:
         return [0] * len(seqs)
     stables = [given.head_ids[: given.stable_prefix] for given in inputs]
@@ -255,6 +253,7 @@ def _share_across_questions(
         shared = min(shared, common_prefix(stables[0], stable))
     if shared < 1:
         return [0] * len(seqs)
+    backend.truncate(seqs[0], 0)  # forks replace the others
     backend.get_last_hidden_batch([seqs[0]], [inputs[0].embeds[:shared]])
     return [shared] + [backend.fork(seqs[0], seq, shared) for seq in seqs[1:]]
 
