@@ -8,8 +8,11 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   ``PACK_ROWS`` rows, the task's weights are copied (4-bit: dequantized) once, transposed, into
   a ``[k, 16]`` panel, and a register-blocked micro-kernel keeps a 6 x 16 block of outputs in
   12 vector registers: per input position, 2 weight loads and 6 broadcasts feed 12 FMAs. With
-  fewer rows the copy would cost more than it saves: each output is a dot product of 8-lane
-  vectors, four columns at a time, with those columns' weights kept in L1 across the rows.
+  fewer rows the copy would cost more than it saves, and each output is a dot product of 8-lane
+  vectors: f32 up to ``COLUMN_ROWS`` rows one column at a time (one sequential weight stream,
+  the sum split over several accumulators), beyond that four columns at a time (each input
+  load feeds four FMAs); 4-bit through ``q4_gemv``'s kernel, up to four rows sharing each
+  decoded word. Dot products end in a pairwise sum of their lanes.
 
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
@@ -29,6 +32,33 @@ MR = 6  # rows of the micro-kernel's register block: 6 x 2 accumulators + 2 weig
 # about as much as 40 rows gain from the micro-kernel: SmolLM2 on one znver3 core, linears of
 # one forward: 16 rows 183 ms packed / 87 ms not; 32: 174 / 173; 71: 274 / 344.
 PACK_ROWS = 40
+CHAINS = 8  # independent FMA chains of an unpacked dot-product block (latency 4 x 2 a cycle)
+WIDE_COLUMNS = 4  # columns of a block beyond COLUMN_ROWS rows
+# Up to this many rows (f32), each column's weights are streamed alone (see ``_gemm_task``);
+# SmolLM2's batched decode step, 1 znver3 thread, a column / four at a time: 5 rows 35 / 56 ms,
+# 8: 64 / 68; 16: 133 / 99.
+COLUMN_ROWS = 8
+Q4_ROWS_AT_ONCE = 4  # rows sharing one decoded 4-bit word in the few-rows 4-bit kernel
+
+
+def lane_sum(acc: Any, *index: Any) -> Any:
+    """``acc[*index, 0:8]`` summed pairwise: three dependent additions instead of eight (a
+    running sum in the output, stored and reloaded per lane, cost as much as a short dot
+    product's multiplications)."""
+    parts = [acc[(*index, lane)] for lane in range(LANES)]
+    while len(parts) > 1:
+        half = len(parts) // 2
+        parts = [parts[j] + parts[j + half] for j in range(half)]
+    return parts[0]
+
+
+def part_sum(acc: Any, parts: int, row: Any, col: Any, lane: Any) -> Any:
+    """``acc[row, col, 0:parts, lane]`` summed pairwise."""
+    terms = [acc[row, col, p, lane] for p in range(parts)]
+    while len(terms) > 1:
+        half = len(terms) // 2
+        terms = [terms[j] + terms[j + half] for j in range(half)]
+    return terms[0]
 
 
 def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
@@ -50,8 +80,7 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    blocks = k // (LANES * PER_WORD)
-    top = PER_WORD - 1
+    prescale, row_dots = _q4_prescale(k), _q4_row_dots(n, k, 1)
 
     @T.prim_func(private=True)
     def kernel(
@@ -63,31 +92,65 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
         T.func_attr({"tirx.noalias": True})
         xf = T.decl_buffer((k,), "float32", data=x.data)
         of = T.decl_buffer((n,), "float32", data=out.data)
-        xs = T.alloc_buffer((blocks, PER_WORD, LANES), "float32")  # x[64 b + 8 l + e] / 16**e
-        xm = T.alloc_buffer((blocks, LANES), "float32")  # -7 * sum_e x[64 b + 8 l + e]
-        for b, e, lane in T.grid(blocks, PER_WORD, LANES):
+        xs = T.alloc_buffer((1, k // (LANES * PER_WORD), PER_WORD, LANES), "float32")
+        xm = T.alloc_buffer((1, k // (LANES * PER_WORD), LANES), "float32")
+        prescale(xf, xs, xm, 1)
+        for row in T.parallel(n):
+            row_dots(w, s, xs, xm, of, row, 0)
+
+    return kernel
+
+
+def _q4_prescale(k: int) -> Any:
+    """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
+    ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
+    ``q4_gemv``)."""
+    from tvm.script import tirx as T
+
+    blocks, top = k // (LANES * PER_WORD), PER_WORD - 1
+
+    @T.macro
+    def prescale(xf: Any, xs: Any, xm: Any, rows: Any) -> None:
+        for r, b, e, lane in T.grid(rows, blocks, PER_WORD, LANES):
             # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
-            xs[b, e, lane] = xf[64 * b + 8 * lane + e] * T.reinterpret(
+            xs[r, b, e, lane] = xf[r * k + 64 * b + 8 * lane + e] * T.reinterpret(
                 "float32", T.shift_left(T.if_then_else(e == top, 127, 127 - 4 * e), 23)
             )
-        for b, lane in T.grid(blocks, LANES):
-            xm[b, lane] = T.float32(0)
+        for r, b, lane in T.grid(rows, blocks, LANES):
+            xm[r, b, lane] = T.float32(0)
             for e in range(PER_WORD):
-                xm[b, lane] = xm[b, lane] - T.float32(7) * xf[64 * b + 8 * lane + e]
-        for row in T.parallel(n):
-            acc = T.alloc_buffer((LANES,), "float32")
-            part = T.alloc_buffer((LANES,), "float32")
+                xm[r, b, lane] = xm[r, b, lane] - T.float32(7) * xf[r * k + 64 * b + 8 * lane + e]
+
+    return prescale
+
+
+def _q4_row_dots(n: int, k: int, rows: int) -> Any:
+    """A macro computing ``out[r0 + i, row]`` for ``i < rows`` from weight row ``row``: each
+    decoded word feeds all those rows (see ``q4_gemv``); the accumulators stay on the stack
+    (scope "global" under 1 KiB is an alloca on the CPU; "local" would be a workspace call)."""
+    from tvm.script import tirx as T
+
+    blocks, top = k // (LANES * PER_WORD), PER_WORD - 1
+
+    @T.macro
+    def row_dots(w: Any, s: Any, xs: Any, xm: Any, of: Any, row: Any, r0: Any) -> None:
+        acc = T.alloc_buffer((rows, LANES), "float32")
+        part = T.alloc_buffer((rows, LANES), "float32")
+        for i in T.unroll(rows):
             for lane in T.vectorized(LANES):
-                acc[lane] = T.float32(0)
-            for b in range(blocks):
+                acc[i, lane] = T.float32(0)
+        for b in range(blocks):
+            for i in T.unroll(rows):
                 for lane in T.vectorized(LANES):
-                    part[lane] = xm[b, lane]
-                for e in T.unroll(PER_WORD):
+                    part[i, lane] = xm[r0 + i, b, lane]
+            for e in T.unroll(PER_WORD):
+                for i in T.unroll(rows):
                     # One expression on purpose: the word bound to a name inside the
-                    # vectorized loop (a Let) came out wrong (relative error 0.5).
+                    # vectorized loop (a Let) came out wrong (relative error 0.5). LLVM
+                    # decodes it once for all the rows.
                     for lane in T.vectorized(LANES):
-                        part[lane] = (
-                            part[lane]
+                        part[i, lane] = (
+                            part[i, lane]
                             + T.Cast(
                                 "float32",
                                 T.reinterpret(
@@ -102,16 +165,16 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
                                     ),
                                 ),
                             )
-                            * xs[b, e, lane]
+                            * xs[r0 + i, b, e, lane]
                         )
+            for i in T.unroll(rows):
                 for lane in T.vectorized(LANES):
                     # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
-                    acc[lane] = acc[lane] + s[row, b * 2 + lane // 4] * part[lane]
-            of[row] = T.float32(0)
-            for lane in range(LANES):
-                of[row] = of[row] + acc[lane]
+                    acc[i, lane] = acc[i, lane] + s[row, b * 2 + lane // 4] * part[i, lane]
+        for i in T.unroll(rows):
+            of[(r0 + i) * n + row] = lane_sum(acc, i)
 
-    return kernel
+    return row_dots
 
 
 def _gemm_task(n: int, k: int) -> Any:
@@ -143,28 +206,80 @@ def _gemm_task(n: int, k: int) -> Any:
             for j in T.vectorized(NR):
                 of[row * n + col0 * NR + j] = acc1[j]
 
+    def dots(rows: int, cols: int) -> Any:
+        """``cols`` adjacent columns of ``rows`` rows as dot products, the sum along k split
+        over ``CHAINS // (rows * cols)`` accumulators each, so that CHAINS independent FMA
+        chains hide the FMA latency. Each column's weights are a sequential stream: few
+        columns at a time (four, each 2.3 KiB, read SmolLM2's weights from memory at half the
+        rate of one), but more than one where many rows load the inputs once per column."""
+        parts = CHAINS // (rows * cols)
+        step = LANES * parts  # k covered by one turn of the unrolled loop
+
+        @T.macro
+        def run(xf: Any, of: Any, w: Any, w_row: Any, col: Any, row0: Any) -> None:
+            acc = T.alloc_buffer((rows, cols, parts, LANES), "float32")
+            red = T.alloc_buffer((rows, cols, LANES), "float32")
+            for r in T.unroll(rows):
+                for c in T.unroll(cols):
+                    for p in T.unroll(parts):
+                        for lane in T.vectorized(LANES):
+                            acc[r, c, p, lane] = T.float32(0)
+            for kb in range(k // step):
+                for r in T.unroll(rows):
+                    for c in T.unroll(cols):
+                        for p in T.unroll(parts):
+                            for lane in T.vectorized(LANES):
+                                acc[r, c, p, lane] = (
+                                    acc[r, c, p, lane]
+                                    + xf[(row0 + r) * k + kb * step + p * LANES + lane]
+                                    * w[w_row + c, kb * step + p * LANES + lane]
+                                )
+            for kb in range(k // step * parts, k // LANES):  # k not a multiple of step
+                for r in T.unroll(rows):
+                    for c in T.unroll(cols):
+                        for lane in T.vectorized(LANES):
+                            acc[r, c, 0, lane] = (
+                                acc[r, c, 0, lane]
+                                + xf[(row0 + r) * k + kb * LANES + lane]
+                                * w[w_row + c, kb * LANES + lane]
+                            )
+            for r in T.unroll(rows):
+                for c in T.unroll(cols):
+                    for lane in T.vectorized(LANES):
+                        red[r, c, lane] = part_sum(acc, parts, r, c, lane)
+                    of[(row0 + r) * n + col + c] = lane_sum(red, r, c)
+
+        return run
+
+    # Up to COLUMN_ROWS rows, a column at a time, rows in pairs; beyond, WIDE_COLUMNS columns
+    # at a time, rows in blocks that fill the chains; the rows left one at a time.
+    wide_rows = CHAINS // WIDE_COLUMNS
+    column_pair, column_one = dots(2, 1), dots(1, 1)
+    wide_block, wide_one = dots(wide_rows, WIDE_COLUMNS), dots(1, WIDE_COLUMNS)
+
     @T.macro
     def direct_rows(xf: Any, of: Any, w: Any, w_row0: Any, col0: Any, rows: Any) -> None:
-        for quad in range(NR // 4):  # four columns' weights stay in L1 across the rows
-            for row in range(rows):
-                acc = T.alloc_buffer((4, LANES), "float32")
-                for c in T.unroll(4):
-                    for lane in T.vectorized(LANES):
-                        acc[c, lane] = T.float32(0)
-                for kb in range(k // LANES):
-                    for c in T.unroll(4):
-                        for lane in T.vectorized(LANES):
-                            acc[c, lane] = (
-                                acc[c, lane]
-                                + xf[row * k + kb * LANES + lane]
-                                * w[w_row0 + quad * 4 + c, kb * LANES + lane]
-                            )
-                for c in T.unroll(4):
-                    of[row * n + col0 * NR + quad * 4 + c] = T.float32(0)
-                    for lane in range(LANES):
-                        of[row * n + col0 * NR + quad * 4 + c] = (
-                            of[row * n + col0 * NR + quad * 4 + c] + acc[c, lane]
-                        )
+        if rows <= COLUMN_ROWS:
+            for c in range(NR):  # one column's weights stay in L1 across the rows
+                for pair in range(rows // 2):
+                    column_pair(xf, of, w, w_row0 + c, col0 * NR + c, pair * 2)
+                if rows % 2 == 1:
+                    column_one(xf, of, w, w_row0 + c, col0 * NR + c, rows - 1)
+        else:
+            for cb in range(NR // WIDE_COLUMNS):
+                for blk in range(rows // wide_rows):
+                    wide_block(
+                        xf,
+                        of,
+                        w,
+                        w_row0 + cb * WIDE_COLUMNS,
+                        col0 * NR + cb * WIDE_COLUMNS,
+                        blk * wide_rows,
+                    )
+                for row in range(rows // wide_rows * wide_rows, rows):
+                    wide_one(
+                        xf, of, w, w_row0 + cb * WIDE_COLUMNS, col0 * NR + cb * WIDE_COLUMNS, row
+                    )
 
     @T.macro
     def task(xf: Any, of: Any, w: Any, w_row0: Any, col0: Any, rows: Any) -> None:
@@ -203,27 +318,21 @@ def gemm_f32(n: int, k: int) -> Any:
 
 
 def gemm_q4(n: int, k: int) -> Any:
-    """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales): each task first
-    dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile."""
+    """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``PACK_ROWS`` rows
+    on (or when ``k`` is not a multiple of 64), each task first dequantizes its 16 weight rows,
+    8 codes of a word at a time, into a row-major tile. With fewer rows that copy cost more than
+    the products (batch 2 took 3x one row's GEMV): the rows go through ``q4_gemv``'s kernel
+    instead, ``Q4_ROWS_AT_ONCE`` rows sharing each decoded word."""
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     task = _gemm_task(n, k)
+    blocks = k // (LANES * PER_WORD)
+    prescale = _q4_prescale(k)
+    row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r) for r in (Q4_ROWS_AT_ONCE, 2, 1))
 
-    @T.prim_func(private=True)
-    def kernel(
-        var_x: T.handle,
-        q: T.Buffer((n, words_per_row), "uint32"),
-        s: T.Buffer((n, groups), "float32"),
-        var_out: T.handle,
-    ) -> None:
-        T.func_attr({"tirx.noalias": True})
-        d0 = T.int64()
-        d1 = T.int64()
-        x = T.match_buffer(var_x, (d0, d1, k), "float32")
-        out = T.match_buffer(var_out, (d0, d1, n), "float32")
-        xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
-        of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
+    @T.macro
+    def tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
         for col0 in T.parallel(n // NR):
             tile = T.alloc_buffer((NR, k), "float32")
             for j, word in T.grid(NR, k // PER_WORD):
@@ -238,6 +347,59 @@ def gemm_q4(n: int, k: int) -> Any:
                         )
                         - T.float32(7)
                     ) * s[col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE]
-            task(xf, of, tile, 0, col0, d0 * d1)
+            task(xf, of, tile, 0, col0, rows)
 
-    return kernel
+    @T.macro
+    def few_rows(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
+        xs = T.alloc_buffer((PACK_ROWS, blocks, PER_WORD, LANES), "float32")
+        xm = T.alloc_buffer((PACK_ROWS, blocks, LANES), "float32")
+        prescale(xf, xs, xm, rows)
+        for row in T.parallel(n):
+            for blk in range(rows // Q4_ROWS_AT_ONCE):
+                row_dots(q, s, xs, xm, of, row, blk * Q4_ROWS_AT_ONCE)
+            done = rows // Q4_ROWS_AT_ONCE * Q4_ROWS_AT_ONCE
+            if rows - done >= 2:
+                row_pair(q, s, xs, xm, of, row, done)
+            if (rows - done) % 2 == 1:
+                row_dot(q, s, xs, xm, of, row, rows - 1)
+
+    if k % (LANES * PER_WORD):
+
+        @T.prim_func(private=True)
+        def kernel(
+            var_x: T.handle,
+            q: T.Buffer((n, words_per_row), "uint32"),
+            s: T.Buffer((n, groups), "float32"),
+            var_out: T.handle,
+        ) -> None:
+            T.func_attr({"tirx.noalias": True})
+            d0 = T.int64()
+            d1 = T.int64()
+            x = T.match_buffer(var_x, (d0, d1, k), "float32")
+            out = T.match_buffer(var_out, (d0, d1, n), "float32")
+            xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
+            of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
+            tiles(xf, of, q, s, d0 * d1)
+
+        return kernel
+
+    @T.prim_func(private=True)
+    def kernel_few(
+        var_x: T.handle,
+        q: T.Buffer((n, words_per_row), "uint32"),
+        s: T.Buffer((n, groups), "float32"),
+        var_out: T.handle,
+    ) -> None:
+        T.func_attr({"tirx.noalias": True})
+        d0 = T.int64()
+        d1 = T.int64()
+        x = T.match_buffer(var_x, (d0, d1, k), "float32")
+        out = T.match_buffer(var_out, (d0, d1, n), "float32")
+        xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
+        of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
+        if d0 * d1 < PACK_ROWS:
+            few_rows(xf, of, q, s, d0 * d1)
+        else:
+            tiles(xf, of, q, s, d0 * d1)
+
+    return kernel_few
