@@ -170,15 +170,16 @@ def test_other_kernels_are_left_alone() -> None:
 
 
 # The register-blocked GEMM (cpu_kernels.gemm_*), taken on targets with AVX2 + FMA: below
-# PACK_ROWS (40) rows each output is a dot product (f32: up to COLUMN_ROWS rows a column at a
-# time, more four columns at a time, in both pairs of rows and a last odd one; 4-bit: blocks of
-# four rows, then a pair and an odd one); from there on, packed panels and a 6-row micro-kernel
-# whose last block is a tail of 1-5 rows. Compiled for SSE2 too, where LLVM splits its vectors.
+# PACK_ROWS (f32, 40) or Q4_PACK_ROWS (4-bit, 32) rows each output is a dot product (f32: up to
+# COLUMN_ROWS rows a column at a time, more four columns at a time, in both pairs of rows and a
+# last odd one; 4-bit: blocks of four rows, then a pair and an odd one); from there on, packed
+# panels and a 6-row micro-kernel whose last block is a tail of 1-5 rows. Compiled for SSE2
+# too, where LLVM splits its vectors.
 WIDE_SHAPES = [(32, 40), (16, 1536), (64, 128)]
 WIDE_ROWS = [
     ("prefill", 3),
     ("prefill", 40),
-    ("prefill", 47),
+    ("prefill", 117),
     ("batch", 2),
     ("batch", 5),
     ("batch", 11),
@@ -214,13 +215,20 @@ def test_wide_gemm_matches_numpy(
 
 
 def test_wide_gemm_rows_cover_both_paths() -> None:
-    from mlcpatch.build.cpu_kernels import COLUMN_ROWS, MR, PACK_ROWS, Q4_ROWS_AT_ONCE
+    from mlcpatch.build.cpu_kernels import (
+        COLUMN_ROWS,
+        MR,
+        PACK_ROWS,
+        Q4_PACK_ROWS,
+        Q4_ROWS_AT_ONCE,
+    )
 
     counts = [m for _, m in WIDE_ROWS]
     assert any(m <= COLUMN_ROWS and m % 2 for m in counts)  # f32 column pairs and one row
     assert any(COLUMN_ROWS < m < PACK_ROWS and m % 2 for m in counts)  # f32 row pairs and one
-    assert {m % Q4_ROWS_AT_ONCE for m in counts if m < PACK_ROWS} >= {0, 1, 2, 3}  # 4-bit tails
-    assert any(m >= PACK_ROWS and m % MR for m in counts)
+    assert any(m >= PACK_ROWS and m % MR for m in counts)  # f32 packed, with a tail
+    assert {m % Q4_ROWS_AT_ONCE for m in counts if m < Q4_PACK_ROWS} >= {0, 1, 2, 3}
+    assert any(m >= Q4_PACK_ROWS and m % MR for m in counts)  # 4-bit packed, with a tail
 
 
 def test_wide_gemm_only_where_it_fits() -> None:

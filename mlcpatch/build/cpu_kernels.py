@@ -5,9 +5,10 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
 - ``q4_gemv``: 4-bit decode, three vector operations per 8 weights.
 - ``gemm_f32`` / ``gemm_q4``: many rows (prefill, batched decode) on CPUs with 16 256-bit
   registers (AVX2 + FMA). Each task owns ``NR`` = 16 output columns. With at least
-  ``PACK_ROWS`` rows, the task's weights are copied (4-bit: dequantized) once, transposed, into
-  a ``[k, 16]`` panel, and a register-blocked micro-kernel keeps a 6 x 16 block of outputs in
-  12 vector registers: per input position, 2 weight loads and 6 broadcasts feed 12 FMAs. With
+  ``PACK_ROWS`` rows (4-bit: ``Q4_PACK_ROWS``), the task's weights are copied (4-bit:
+  dequantized) once, transposed, into a ``[k, 16]`` panel, and a register-blocked micro-kernel
+  keeps a 6 x 16 block of outputs in 12 vector registers: per input position, 2 weight loads
+  and 6 broadcasts feed 12 FMAs. With
   fewer rows the copy would cost more than it saves, and each output is a dot product of 8-lane
   vectors: f32 up to ``COLUMN_ROWS`` rows one column at a time (one sequential weight stream,
   the sum split over several accumulators), beyond that four columns at a time (each input
@@ -28,10 +29,17 @@ LANES = 8  # f32 lanes of one AVX2 register (two SSE2 ones); equal to PER_WORD
 TILE_N = 4  # output rows (GEMV) or columns (GEMM) of one task in cpu_schedule's TIR schedules
 NR = 16  # output columns of one GEMM task: two 8-lane registers
 MR = 6  # rows of the micro-kernel's register block: 6 x 2 accumulators + 2 weights + 1 input
-# From this many rows on, a GEMM task packs its weights. The (scalar, transposing) copy costs
-# about as much as 40 rows gain from the micro-kernel: SmolLM2 on one znver3 core, linears of
-# one forward: 16 rows 183 ms packed / 87 ms not; 32: 174 / 173; 71: 274 / 344.
+# From this many rows on, a GEMM task packs its weights: the (scalar, transposing) copy costs
+# about as much as the micro-kernel gains over dot products. SmolLM2 prefill on one znver4 core,
+# dot products / packed: 48 rows 185 / 210 ms, 64: 247 / 264, 96: 308 / 328, 128: 444 / 404.
+# Packing from 112 rows was 4-15% faster for 48-96 rows but moved a ragged batch's hidden states
+# by 1.2e-5 against one-question runs (tiny Mistral), past the 1e-5 batching is held to; kept
+# at 40 until that is understood.
 PACK_ROWS = 40
+# 4-bit: from here on the task dequantizes a tile and packs it; below, each row is a GEMV (one
+# FMA per 8 weights per row as well, plus the decode): 16 rows 114 / 148 ms, 32: 179 / 171,
+# 48: 279 / 211, 64: 336 / 249.
+Q4_PACK_ROWS = 32
 CHAINS = 8  # independent FMA chains of an unpacked dot-product block (latency 4 x 2 a cycle)
 WIDE_COLUMNS = 4  # columns of a block beyond COLUMN_ROWS rows
 # Up to this many rows (f32), each column's weights are streamed alone (see ``_gemm_task``);
@@ -177,9 +185,9 @@ def _q4_row_dots(n: int, k: int, rows: int) -> Any:
     return row_dots
 
 
-def _gemm_task(n: int, k: int) -> Any:
+def _gemm_task(n: int, k: int, pack_rows: int) -> Any:
     """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
-    module doc)."""
+    module doc): packed from ``pack_rows`` rows on."""
     from tvm.script import tirx as T
 
     @T.macro
@@ -284,7 +292,7 @@ def _gemm_task(n: int, k: int) -> Any:
     @T.macro
     def task(xf: Any, of: Any, w: Any, w_row0: Any, col0: Any, rows: Any) -> None:
         """Columns ``col0 * 16 ..`` of every row, from weight rows ``w_row0 ..`` of ``w``."""
-        if rows >= PACK_ROWS:
+        if rows >= pack_rows:
             panel = T.alloc_buffer((k, NR), "float32")
             for j, kk in T.grid(NR, k):
                 panel[kk, j] = w[w_row0 + j, kk]
@@ -300,7 +308,7 @@ def gemm_f32(n: int, k: int) -> Any:
     and ``k % 8 == 0``."""
     from tvm.script import tirx as T
 
-    task = _gemm_task(n, k)
+    task = _gemm_task(n, k, PACK_ROWS)
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, w: T.Buffer((n, k), "float32"), var_out: T.handle) -> None:
@@ -318,15 +326,15 @@ def gemm_f32(n: int, k: int) -> Any:
 
 
 def gemm_q4(n: int, k: int) -> Any:
-    """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``PACK_ROWS`` rows
+    """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
     on (or when ``k`` is not a multiple of 64), each task first dequantizes its 16 weight rows,
-    8 codes of a word at a time, into a row-major tile. With fewer rows that copy cost more than
-    the products (batch 2 took 3x one row's GEMV): the rows go through ``q4_gemv``'s kernel
-    instead, ``Q4_ROWS_AT_ONCE`` rows sharing each decoded word."""
+    8 codes of a word at a time, into a row-major tile, and packs it from there. With fewer rows
+    that copy cost more than the products (batch 2 took 3x one row's GEMV): the rows go through
+    ``q4_gemv``'s kernel instead, ``Q4_ROWS_AT_ONCE`` rows sharing each decoded word."""
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    task = _gemm_task(n, k)
+    task = _gemm_task(n, k, Q4_PACK_ROWS)
     blocks = k // (LANES * PER_WORD)
     prescale = _q4_prescale(k)
     row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r) for r in (Q4_ROWS_AT_ONCE, 2, 1))
@@ -351,8 +359,8 @@ def gemm_q4(n: int, k: int) -> Any:
 
     @T.macro
     def few_rows(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
-        xs = T.alloc_buffer((PACK_ROWS, blocks, PER_WORD, LANES), "float32")
-        xm = T.alloc_buffer((PACK_ROWS, blocks, LANES), "float32")
+        xs = T.alloc_buffer((Q4_PACK_ROWS, blocks, PER_WORD, LANES), "float32")
+        xm = T.alloc_buffer((Q4_PACK_ROWS, blocks, LANES), "float32")
         prescale(xf, xs, xm, rows)
         for row in T.parallel(n):
             for blk in range(rows // Q4_ROWS_AT_ONCE):
@@ -397,7 +405,7 @@ def gemm_q4(n: int, k: int) -> Any:
         out = T.match_buffer(var_out, (d0, d1, n), "float32")
         xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
         of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
-        if d0 * d1 < PACK_ROWS:
+        if d0 * d1 < Q4_PACK_ROWS:
             few_rows(xf, of, q, s, d0 * d1)
         else:
             tiles(xf, of, q, s, d0 * d1)
