@@ -8,12 +8,12 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   ``PACK_ROWS`` rows (4-bit: ``Q4_PACK_ROWS``), the task's weights are copied (4-bit:
   dequantized) once, transposed, into a ``[k, 16]`` panel, and a register-blocked micro-kernel
   keeps a 6 x 16 block of outputs in 12 vector registers: per input position, 2 weight loads
-  and 6 broadcasts feed 12 FMAs. With
-  fewer rows the copy would cost more than it saves, and each output is a dot product of 8-lane
-  vectors: f32 up to ``COLUMN_ROWS`` rows one column at a time (one sequential weight stream,
-  the sum split over several accumulators), beyond that four columns at a time (each input
-  load feeds four FMAs); 4-bit through ``q4_gemv``'s kernel, up to four rows sharing each
-  decoded word. Dot products end in a pairwise sum of their lanes.
+  and 6 broadcasts feed 12 FMAs. With fewer rows the copy would cost more than it saves, and
+  each output is a dot product of 8-lane vectors: f32 up to ``COLUMN_ROWS`` rows one column at
+  a time (one sequential weight stream, the sum split over several accumulators), beyond that
+  four columns at a time (each input load feeds four FMAs); 4-bit through ``q4_gemv``'s
+  kernel, up to four rows sharing each decoded word. Dot products end in a pairwise sum of
+  their lanes.
 
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
@@ -43,30 +43,30 @@ Q4_PACK_ROWS = 32
 CHAINS = 8  # independent FMA chains of an unpacked dot-product block (latency 4 x 2 a cycle)
 WIDE_COLUMNS = 4  # columns of a block beyond COLUMN_ROWS rows
 # Up to this many rows (f32), each column's weights are streamed alone (see ``_gemm_task``);
-# SmolLM2's batched decode step, 1 znver3 thread, a column / four at a time: 5 rows 35 / 56 ms,
+# SmolLM2's batched decode step, 1 znver4 thread, a column / four at a time: 5 rows 35 / 56 ms,
 # 8: 64 / 68; 16: 133 / 99.
 COLUMN_ROWS = 8
 Q4_ROWS_AT_ONCE = 4  # rows sharing one decoded 4-bit word in the few-rows 4-bit kernel
+
+
+def _pairwise(terms: list[Any]) -> Any:
+    """``terms`` summed as a tree: log2(n) dependent additions instead of n."""
+    while len(terms) > 1:
+        half = len(terms) // 2
+        terms = [terms[j] + terms[j + half] for j in range(half)]
+    return terms[0]
 
 
 def lane_sum(acc: Any, *index: Any) -> Any:
     """``acc[*index, 0:8]`` summed pairwise: three dependent additions instead of eight (a
     running sum in the output, stored and reloaded per lane, cost as much as a short dot
     product's multiplications)."""
-    parts = [acc[(*index, lane)] for lane in range(LANES)]
-    while len(parts) > 1:
-        half = len(parts) // 2
-        parts = [parts[j] + parts[j + half] for j in range(half)]
-    return parts[0]
+    return _pairwise([acc[(*index, lane)] for lane in range(LANES)])
 
 
 def part_sum(acc: Any, parts: int, row: Any, col: Any, lane: Any) -> Any:
     """``acc[row, col, 0:parts, lane]`` summed pairwise."""
-    terms = [acc[row, col, p, lane] for p in range(parts)]
-    while len(terms) > 1:
-        half = len(terms) // 2
-        terms = [terms[j] + terms[j + half] for j in range(half)]
-    return terms[0]
+    return _pairwise([acc[row, col, p, lane] for p in range(parts)])
 
 
 def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
@@ -372,27 +372,18 @@ def gemm_q4(n: int, k: int) -> Any:
                 row_dot(q, s, xs, xm, of, row, rows - 1)
 
     if k % (LANES * PER_WORD):
+        dispatch = tiles  # the GEMV's kernel needs k in whole 64-weight blocks
+    else:
 
-        @T.prim_func(private=True)
-        def kernel(
-            var_x: T.handle,
-            q: T.Buffer((n, words_per_row), "uint32"),
-            s: T.Buffer((n, groups), "float32"),
-            var_out: T.handle,
-        ) -> None:
-            T.func_attr({"tirx.noalias": True})
-            d0 = T.int64()
-            d1 = T.int64()
-            x = T.match_buffer(var_x, (d0, d1, k), "float32")
-            out = T.match_buffer(var_out, (d0, d1, n), "float32")
-            xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
-            of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
-            tiles(xf, of, q, s, d0 * d1)
-
-        return kernel
+        @T.macro
+        def dispatch(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
+            if rows < Q4_PACK_ROWS:
+                few_rows(xf, of, q, s, rows)
+            else:
+                tiles(xf, of, q, s, rows)
 
     @T.prim_func(private=True)
-    def kernel_few(
+    def kernel(
         var_x: T.handle,
         q: T.Buffer((n, words_per_row), "uint32"),
         s: T.Buffer((n, groups), "float32"),
@@ -405,9 +396,6 @@ def gemm_q4(n: int, k: int) -> Any:
         out = T.match_buffer(var_out, (d0, d1, n), "float32")
         xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
         of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
-        if d0 * d1 < Q4_PACK_ROWS:
-            few_rows(xf, of, q, s, d0 * d1)
-        else:
-            tiles(xf, of, q, s, d0 * d1)
+        dispatch(xf, of, q, s, d0 * d1)
 
-    return kernel_few
+    return kernel
