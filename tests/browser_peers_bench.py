@@ -9,8 +9,12 @@ copy of the artifact folder (hard links, plus the GGUF file the weights came fro
   isolated page, which the server makes it; the JSON says what wllama reported);
 - ours, wasm CPU: the artifact's wasm32 CPU library (``model_lib.wasm``), loaded with the
   engine's ``device: "cpu"`` option; reported as "not built" when the folder has none;
+- ours, wasm CPU: loaded with ``threads: --threads`` (worker threads on the shared memory of
+  the isolated page; the JSON says how many ran and how many loop tasks the workers took);
 - ours, WebGPU: the artifact's WebGPU library, for reference. Without a GPU this is SwiftShader
-  (about 20 s per SmolLM2 token here), so it gets fewer decode steps (``--webgpu-tokens``).
+  (about 20 s per SmolLM2 token here), so it gets fewer decode steps (``--webgpu-tokens``);
+- ours, native CPU (outside the browser, for the wasm/native ratio): the same artifact's llvm
+  library through ``python -m mlcpatch.peers.legs ours`` with ``TVM_NUM_THREADS=--threads``.
 
 Each leg: load time, prefill tok/s (the same chat-templated prompt), decode tok/s. wllama's
 prefill/decode figures are its own timings (llama.cpp's ``prompt_per_second`` /
@@ -37,7 +41,7 @@ from mlcpatch.peers.report import write_json, write_png
 DEFAULT_ARTIFACT = pathlib.Path("artifacts/smollm2-135m-q4f32_1-browser")
 GGUF_NAME = "peer-model.gguf"
 WLLAMA_PACKAGE = "node_modules/@wllama/wllama"
-LEGS = ("wllama", "ours-wasm", "ours-webgpu")
+LEGS = ("wllama", "ours-wasm", "ours-webgpu", "ours-native")
 FIELDS = ("prefill_tok_s", "decode_tok_s", "load_s")
 PANELS = (
     ("prefill (tok/s)", "prefill_tok_s"),
@@ -135,7 +139,25 @@ def ours_leg(
         "webgpu_adapter": raw["adapter"],
         "library": raw["libraryName"],
         "load_timings_ms": raw["timings"],
+        "threads": raw["threads"],
+        "worker_tasks": raw["workerTasks"],
     }
+
+
+def native_leg(args: argparse.Namespace) -> dict:
+    """Our llvm library on this machine, same prompt, tokens and threads as the browser legs."""
+    from mlcpatch.peers.main import chat_prompt_ids, run_leg
+
+    if "llvm" not in args.libraries:
+        return {"engine": "ours (native CPU)", "skipped": "not built: no llvm library"}
+    ids = chat_prompt_ids(args.artifact, args.prompt)
+    cmd = [sys.executable, "-m", "mlcpatch.peers.legs", "ours", "--model", str(args.artifact)]
+    cmd += ["--prompt-ids", ",".join(map(str, ids)), "--decode-tokens", str(args.tokens)]
+    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    result = run_leg(cmd, args.threads, "ours (native CPU)")
+    result["engine"] = "ours (native CPU)"
+    result.pop("output_ids", None)
+    return result
 
 
 def one_leg(leg: str, server_url: str, base: str, text: str, args: argparse.Namespace) -> dict:
@@ -143,6 +165,8 @@ def one_leg(leg: str, server_url: str, base: str, text: str, args: argparse.Name
     land on the (software) GPU adapter; the WebGPU leg with it."""
     from browser_support import chromium
 
+    if leg == "ours-native":
+        return native_leg(args)
     libraries = args.libraries
     if leg == "ours-wasm" and "wasm" not in libraries:
         return {
@@ -167,7 +191,8 @@ def one_leg(leg: str, server_url: str, base: str, text: str, args: argparse.Name
             elif leg == "ours-wasm":
                 name = "ours (wasm CPU)"
                 tokens, repeats = args.tokens, args.repeats
-                result = ours_leg(page, base, name, args.prompt, tokens, repeats, {"device": "cpu"})
+                options = {"device": "cpu", "threads": args.threads}
+                result = ours_leg(page, base, name, args.prompt, tokens, repeats, options)
             else:
                 tokens = args.webgpu_tokens
                 result = ours_leg(page, base, "ours (WebGPU)", args.prompt, tokens, 1, {})
@@ -193,9 +218,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = one_leg(leg, server.url, f"/artifacts/{folder.name}/", text, args)
                 print(json.dumps(result)[:300], file=sys.stderr)
                 legs.append(result)
+    by_engine = {leg["engine"]: leg for leg in legs if "decode_tok_s" in leg}
+    wasm, native = by_engine.get("ours (wasm CPU)"), by_engine.get("ours (native CPU)")
+    ratios = {}
+    if wasm and native:
+        for field in ("prefill_tok_s", "decode_tok_s"):
+            ratios[f"wasm_vs_native_{field}"] = wasm[field] / native[field]
     return {
         "prompt": args.prompt,
         "threads": args.threads,
+        "ratios": ratios,
         "artifact": str(args.artifact),
         "quantization": config.get("quantization"),
         "libraries": args.libraries,
@@ -253,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         args.gguf = pypi_model_file("smollm2-135m")
     results = run(args)
     print_table(results)
+    for name, value in results["ratios"].items():
+        print(f"{name}: {value:.2f}x (target for decode: >= 0.5x)")
     write_json(args.json, results, FIELDS)
     title = f"SmolLM2-135M in headless Chromium, {args.threads} threads"
     write_png(args.png, results, title, PANELS)

@@ -176,7 +176,8 @@ TIME_ENGINE_JS = """async ([url, prompt, tokens, repeats, options]) => {
   }
   const out = { adapter, loadMs, timings: engine.loadTimings, promptTokens: ids.length,
                 prefills, decodes, deviceKind: engine.deviceKind ?? null,
-                libraryName: engine.libraryName ?? null };
+                libraryName: engine.libraryName ?? null, threads: engine.threads ?? 1,
+                workerTasks: engine.workerTasks?.() ?? 0 };
   engine.dispose();
   return out;
 }"""

@@ -109,7 +109,10 @@ def test_libraries_listed_per_target(artifacts: pathlib.Path) -> None:
 def test_without_webgpu_the_cpu_library_runs(page: Any, name: str) -> None:
     device = _device(page, name)
     assert device["kind"] == "cpu"
-    assert device["label"] == "CPU (WebAssembly)"
+    # The default thread count: one per physical core (half the logical CPUs), at most 8.
+    logical = page.evaluate("navigator.hardwareConcurrency")
+    threads = max(1, min(8, logical // 2))
+    assert device["label"] == f"CPU (WebAssembly), {threads} thread{'s' * (threads > 1)}"
     assert device["library"] == f"{name}-cpu.wasm"
     if name == QWEN:  # it has a WebGPU library too: the browser is what lacks
         assert "WebGPU" in device["reason"] and "no usable" in device["reason"]
@@ -159,6 +162,67 @@ def test_greedy_tokens_match_native_cpu(page: Any, artifacts: pathlib.Path, name
     assert len(web["outputIds"]) == TOKENS
 
 
+THREADS = 2
+THREADS_INFO_JS = (
+    "return {threads: engine.threads, label: engine.deviceLabel, reason: engine.deviceReason, "
+    "isolated: crossOriginIsolated, workerTasks: engine.workerTasks()};"
+)
+
+
+def _strip_isolation(route: Any) -> None:
+    """Serve the page without its COOP/COEP headers: not cross-origin isolated."""
+    response = route.fetch()
+    headers = {
+        k: v for k, v in response.headers.items() if not k.lower().startswith("cross-origin-")
+    }
+    route.fulfill(response=response, headers=headers)
+
+
+@pytest.mark.parametrize("isolated", [True, False], ids=["isolated", "not-isolated"])
+def test_threads_on_the_cpu_match_native(
+    no_gpu: BrowserSession, server: Server, artifacts: pathlib.Path, isolated: bool
+) -> None:
+    """threads: 2 on a cross-origin isolated page runs the parallel loops on a worker too (its
+    tasks are counted) and computes what the native build computes; on a page that is not
+    isolated the same library runs on one thread (its shared memory switched off) and says why."""
+    page = no_gpu.new_page()
+    if not isolated:
+        page.route("**/*", _strip_isolation)
+    page.goto(server.url + "index.html")
+    assert page.evaluate("crossOriginIsolated") is isolated
+    for name in (QWEN4, LLAMA):  # the 4-bit kernels and the f32 ones
+        url = _url(name)
+        load_engine(page, url, {"device": "cpu", "threads": THREADS})
+        rt = Runtime(artifacts / name)
+        ids = rt.encode_chat(PROMPT)
+        web = engine_call(page, url, FORWARD_JS, {"ids": ids, "next": ids[-1]})
+        cpu = _cpu_forward(rt, ids, ids[-1])
+        for key, tol in (("hidden", TOL), ("decodeHidden", TOL), ("decodeLogits", TOL_LOGITS)):
+            got = np.asarray(web[key], dtype=np.float32)
+            err = float(np.abs(got - np.asarray(cpu[key], np.float32).reshape(-1)).max())
+            print(f"{name} {THREADS} threads {key}: max |wasm - native| = {err:.2e}")
+            assert err <= tol, f"{key}: {err}"
+        want = rt.generate(prompt_ids=ids, max_new_tokens=TOKENS, greedy=True, stop_token_ids=[])
+        got = engine_call(
+            page,
+            url,
+            "return (await engine.generate({promptIds: arg.ids}, "
+            "{maxNewTokens: arg.n, greedy: true, stopTokenIds: []})).outputIds;",
+            {"ids": ids, "n": TOKENS},
+        )
+        assert got == want.output_ids
+        info = engine_call(page, url, THREADS_INFO_JS)
+        if isolated:
+            assert info["threads"] == THREADS and info["label"].endswith(f", {THREADS} threads")
+            assert info["workerTasks"] > 0, info  # the worker ran loop tasks
+        else:
+            assert info["threads"] == 1 and info["label"].endswith(", 1 thread"), info
+            assert "not cross-origin isolated" in info["reason"], info
+            assert info["workerTasks"] == 0, info
+        engine_call(page, url, "engine.dispose(); delete window.__engines[url]; return 1;")
+    page.close()
+
+
 LOAD_ERROR_JS = """async ([url, options]) => {
   const m = await import('/src/engine.js');
   try {
@@ -172,8 +236,15 @@ LOAD_ERROR_JS = """async ([url, options]) => {
 }"""
 
 
-def _load_result(page: Any, name: str, device: str) -> dict[str, str]:
-    return page.evaluate(LOAD_ERROR_JS, [_url(name), {"device": device}])
+def _load_result(page: Any, name: str, device: str, **options: Any) -> dict[str, str]:
+    return page.evaluate(LOAD_ERROR_JS, [_url(name), {"device": device, **options}])
+
+
+def test_bad_thread_counts_are_refused(page: Any) -> None:
+    for bad in (0, -1, 1.5, "many", 65):
+        got = _load_result(page, LLAMA, "cpu", threads=bad)
+        assert got["name"] == "ThreadsError", got
+        assert "threads must be" in got["message"] and str(bad) in got["message"], got
 
 
 def test_device_option_forces_or_refuses(page: Any) -> None:

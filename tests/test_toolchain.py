@@ -68,6 +68,7 @@ def test_unbuilt_and_stale_runtime_are_reported(
     (tmp_path / "tc").mkdir()
     for name in toolchain.RUNTIME_BITCODE:
         (tmp_path / "tc" / f"{name}.bc").write_bytes(b"BC")
+    (tmp_path / "tc" / toolchain.THREADS_OBJECT).write_bytes(b"\0asm")
     (tmp_path / "tc" / toolchain.STAMP).write_text(json.dumps({"key": "from another tvm"}))
     with pytest.raises(ToolchainError, match="another TVM, emscripten or header set"):
         toolchain.find_toolchain()

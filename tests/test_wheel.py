@@ -127,6 +127,7 @@ def test_wheel_holds_the_mlcpatch_package_and_its_data(wheel: pathlib.Path) -> N
         "mlcpatch/_data/web/node_modules/@mlc-ai/web-runtime/lib/index.js",
         "mlcpatch/_data/web/node_modules/@mlc-ai/web-tokenizers/lib/index.js",
         "mlcpatch/build/webgpu/toolchain_headers/include/tvm/support/io.h",
+        "mlcpatch/build/wasm/threads.c",
         "mlcpatch/loop/patterns/sequential.toml",
         "mlcpatch/loop/data/calibration.txt",
     }

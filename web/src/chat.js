@@ -149,6 +149,7 @@ async function load(entry) {
     const { Engine } = await import("./engine.js");
     state.engine = await Engine.load(entry.url, {
       device: state.requested,
+      threads: params.get("threads") ?? "auto", // CPU threads (?threads=N); a bad value is reported
       onProgress: ({ progress, text }) => {
         $("progress-bar").value = progress;
         $("progress-text").textContent = `${Math.round(progress * 100)}% ${text}`;

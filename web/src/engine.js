@@ -16,6 +16,7 @@ import { renderChatTemplate } from "./chat_template.js";
 import { detectWebGPU, WebGPUUnavailableError } from "./detect.js";
 import { chooseDevice, DeviceError, DEVICES, parseDeviceRequest } from "./device.js";
 import { makeRng, sampleToken } from "./sampling.js";
+import { parseThreads, prepareMemory, startWorkers, threadsAvailable } from "./wasm_threads.js";
 
 export { chooseDevice, DeviceError, DEVICES, detectWebGPU, WebGPUUnavailableError };
 
@@ -402,10 +403,14 @@ export class Engine {
    * cacheWasm (keep the library in Cache Storage; default true),
    * device: "auto" (default: WebGPU when the browser has it and the folder has a WebGPU
    * library, else the wasm CPU library), "webgpu", "cpu", or a GPUDevice to share (WebGPU);
+   * threads (CPU only: "auto" (default: one per physical core, at most 8) or a count; more
+   * than one needs a cross-origin isolated page, which `mlcpatch serve` makes),
    * logger(msg), signal (AbortSignal).
    * engine.deviceKind says which device runs it ("webgpu" or "cpu"), engine.deviceLabel and
-   * engine.deviceReason say it in words; engine.wasmSource says where the library came from:
-   * "cache" or "network".
+   * engine.deviceReason say it in words (the CPU label with its thread count);
+   * engine.threads is the number of threads the CPU kernels run on (1 on WebGPU), and
+   * engine.workerTasks() how many parallel-loop tasks its worker threads have run;
+   * engine.wasmSource says where the library came from: "cache" or "network".
    */
   static async load(url, options = {}) {
     const base = new URL(url, globalThis.location?.href).href.replace(/\/?$/, "/");
@@ -436,6 +441,7 @@ export class Engine {
     if (!isObject(config)) throw new ArtifactError(`${base}${CHAT_CONFIG}: expected a JSON object`);
     const manifest = files.manifest;
     checkRuntimeLimits(base, config, options);
+    const threadsWanted = parseThreads(options.threads);
     const sharedGpu = isObject(options.device) ? options.device : null;
     const requested = sharedGpu ? "webgpu" : parseDeviceRequest(options.device);
     // WebGPU is detected only when it is a candidate: a forced CPU load never touches it.
@@ -481,11 +487,24 @@ export class Engine {
       return bytes;
     });
     const logger = options.logger ?? (() => {});
+    // A CPU library imports its memory: shared (for worker threads) where the page allows it.
+    const lib = prepareMemory(wasm, choice.device === "cpu" ? threadsWanted : 1);
+    const wasi = tvmjs.createPolyfillWASI();
+    if (lib.memory) wasi.imports.env = { ...wasi.imports.env, memory: lib.memory };
     // Chrome refuses to compile a large wasm synchronously: instantiate() is the async path.
-    const tvm = await timed("instantiateMs", () =>
-      tvmjs.instantiate(wasm.buffer, tvmjs.createPolyfillWASI(), logger),
-    );
+    const tvm = await timed("instantiateMs", () => tvmjs.instantiate(lib.bytes.buffer, wasi, logger));
     if (gpuDevice) tvm.initWebGPU(gpuDevice);
+    let pool = { threads: 1, terminate() {} };
+    if (lib.shared) {
+      try {
+        pool = await timed("threadsMs", () =>
+          startWorkers(tvm.exports, lib.bytes, lib.memory, threadsWanted),
+        );
+      } catch (err) {
+        tvm.dispose();
+        throw err;
+      }
+    }
     finish("wasm");
 
     tvm.registerInitProgressCallback((r) => {
@@ -522,8 +541,16 @@ export class Engine {
     engine.loadTimings = { ...timings, totalMs: performance.now() - started };
     engine.wasmSource = wasmSource;
     engine.deviceKind = choice.device;
-    engine.deviceLabel = choice.label;
-    engine.deviceReason = choice.reason;
+    engine.threads = pool.threads;
+    engine.threadPool = pool;
+    engine.deviceLabel =
+      choice.device === "cpu"
+        ? `${choice.label}, ${pool.threads} thread${pool.threads === 1 ? "" : "s"}`
+        : choice.label;
+    engine.deviceReason =
+      choice.device === "cpu" && threadsWanted > 1 && pool.threads === 1
+        ? `${choice.reason}; one thread: ${threadsAvailable() ? "the library has no thread pool" : "the page is not cross-origin isolated"}`
+        : choice.reason;
     engine.libraryName = wasmName;
     onProgress({ stage: "ready", progress: 1, text: "Ready", elapsedMs: engine.loadTimings.totalMs });
     return engine;
@@ -770,12 +797,18 @@ export class Engine {
     };
   }
 
+  /** Parallel-loop tasks the CPU library's worker threads have run (0: all on this thread). */
+  workerTasks() {
+    return this.tvm.exports.mlcpatch_threads_worker_tasks?.() ?? 0;
+  }
+
   /** Free the GPU buffers, the VM and the tokenizer. The engine is unusable afterwards. */
   dispose() {
     for (const obj of [this.kv, this.params, ...Object.values(this.fn), this.vm]) obj?.dispose();
     for (const f of [this.kvAdd, this.kvClear, this.kvBegin, this.kvEnd]) f?.dispose();
     this.tokenizer?.dispose();
     this.tvm.dispose();
+    this.threadPool?.terminate();
   }
 
   // --- internals --------------------------------------------------------------------------

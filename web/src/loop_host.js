@@ -57,21 +57,22 @@ export class LoopHost {
   }
 
   /** Load the artifact folders in `models` ([{name, url}]); then free the others. */
-  async load({ models, device = "auto" }, emit) {
+  async load({ models, device = "auto", threads = "auto" }, emit) {
     for (const { name, url } of models) {
       const had = this.engines.get(name);
-      if (had?.url === url && had.requested === device) continue;
+      if (had?.url === url && had.requested === device && had.threads === threads) continue;
       let engine;
       try {
         engine = await Engine.load(url, {
           device,
+          threads,
           onProgress: (p) => emit({ kind: "load", model: name, progress: p.progress, text: p.text }),
         });
       } catch (err) {
         throw renamed(err, `Could not load model ${name}: ${err?.message ?? err}`);
       }
       this.engines.get(name)?.engine.dispose();
-      this.engines.set(name, { url, engine, requested: device });
+      this.engines.set(name, { url, engine, requested: device, threads });
     }
     // Only after every load succeeded: a failed load leaves the loaded models usable.
     const wanted = new Set(models.map((m) => m.name));

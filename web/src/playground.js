@@ -593,7 +593,7 @@ async function runModes(modes) {
     const wanted = [...new Set(models)].map((name) => ({ name, url: served(name).url }));
     state.loaded = await state.client.request(
       "load",
-      { models: wanted, device: state.requested },
+      { models: wanted, device: state.requested, threads: params.get("threads") ?? "auto" },
       { onEvent: (e) => onEvent(e, settings) },
     );
     $("load-progress").hidden = true;

@@ -67,16 +67,17 @@ class EmccLinker:
 
     object_format = "o"
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    def __init__(self, toolchain: Toolchain, flags: Sequence[str] = ()) -> None:
         self.toolchain = toolchain
+        self.flags = list(flags)
         self.seconds = 0.0
 
     def __call__(
         self, output: str, objects: Sequence[str] | str, options: Sequence[str] | None = None
     ) -> None:
         objects = [objects] if isinstance(objects, str) else list(objects)
-        cmd = [self.toolchain.emcc, *_LINK_FLAGS, "-o", output]
-        cmd += [str(p) for p in self.toolchain.bitcode] + objects + list(options or [])
+        cmd = [self.toolchain.emcc, *_LINK_FLAGS, *self.flags, "-o", output]
+        cmd += [str(p) for p in self.toolchain.link_inputs] + objects + list(options or [])
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         self.seconds = time.perf_counter() - start

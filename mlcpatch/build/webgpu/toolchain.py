@@ -35,10 +35,24 @@ from mlcpatch.errors import USER_ERROR_EXIT, MlcpatchError, one_line
 
 HEADERS_DIR = pathlib.Path(__file__).resolve().parent / "toolchain_headers"
 RUNTIME_BITCODE = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
+# Our parallel launcher (mlcpatch/build/wasm/threads.c), linked into every web library in
+# place of the runtime's serial one. An object file, not bitcode: it is compiled with atomics,
+# which link-time optimisation would spread to the whole runtime (making its thread-locals
+# real TLS, which nothing initialises without emscripten's pthreads).
+THREADS_SOURCE = pathlib.Path(__file__).resolve().parents[1] / "wasm" / "threads.c"
+THREADS_OBJECT = "wasm_threads.o"
+# The runtime's parallel entry points and workspace allocator, renamed so that threads.c can
+# define the real ones (and call these).
+_RENAMES = {
+    "TVMBackendParallelLaunch": "mlcpatch_serial_parallel_launch",
+    "TVMBackendParallelBarrier": "mlcpatch_serial_parallel_barrier",
+    "TVMBackendAllocWorkspace": "mlcpatch_serial_alloc_workspace",
+    "TVMBackendFreeWorkspace": "mlcpatch_serial_free_workspace",
+}
 STAMP = "toolchain.json"
 INSTALL_HINT = "apt-get install -y --no-install-recommends emscripten"
 # Bumped when the way the bitcode is compiled changes (flags, layout).
-TOOLCHAIN_VERSION = 1
+TOOLCHAIN_VERSION = 2
 _CFLAGS = ("-O3", "-std=c++17", "-Wno-ignored-attributes")
 
 
@@ -55,6 +69,11 @@ class Toolchain:
     @property
     def bitcode(self) -> list[pathlib.Path]:
         return [self.folder / f"{name}.bc" for name in RUNTIME_BITCODE]
+
+    @property
+    def link_inputs(self) -> list[pathlib.Path]:
+        """What every web library links besides its own objects: runtime bitcode + threads."""
+        return [*self.bitcode, self.folder / THREADS_OBJECT]
 
     @property
     def identity(self) -> str:
@@ -109,6 +128,8 @@ def _headers_digest() -> str:
     for path in sorted(HEADERS_DIR.rglob("*.h")):
         digest.update(path.relative_to(HEADERS_DIR).as_posix().encode() + b"\0")
         sha256_file(path, digest)
+    digest.update(b"threads.c\0")
+    sha256_file(THREADS_SOURCE, digest)
     return digest.hexdigest()
 
 
@@ -150,16 +171,26 @@ def _include_flags(root: pathlib.Path) -> list[str]:
     return [f"-I{d}" for d in dirs]
 
 
-def _compile_bitcode(emcc: str, root: pathlib.Path, name: str, out: pathlib.Path) -> None:
-    cmd = [emcc, *_include_flags(root), *_CFLAGS, "-emit-llvm", "-c"]
-    cmd += ["-o", str(out), str(root / "web" / "emcc" / f"{name}.cc")]
+def _run_emcc(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
         raise ToolchainError(
-            f"compiling TVM's web runtime ({name}.cc) failed; emcc's last output is above it",
-            detail=tail,
+            f"compiling {what} failed; emcc's last output is above it", detail=tail
         )
+
+
+def _compile_bitcode(emcc: str, root: pathlib.Path, name: str, out: pathlib.Path) -> None:
+    cmd = [emcc, *_include_flags(root), *_CFLAGS, "-emit-llvm", "-c"]
+    if name == "wasm_runtime":
+        cmd += [f"-D{old}={new}" for old, new in _RENAMES.items()]
+    cmd += ["-o", str(out), str(root / "web" / "emcc" / f"{name}.cc")]
+    _run_emcc(cmd, f"TVM's web runtime ({name}.cc)")
+
+
+def _compile_threads(emcc: str, out: pathlib.Path) -> None:
+    cmd = [emcc, "-O3", "-std=c11", "-matomics", "-mbulk-memory", "-c"]
+    _run_emcc([*cmd, "-o", str(out), str(THREADS_SOURCE)], "the wasm thread pool (threads.c)")
 
 
 def build_toolchain(log: Callable[[str], None] = print) -> Toolchain:
@@ -179,6 +210,7 @@ def build_toolchain(log: Callable[[str], None] = print) -> Toolchain:
                 pool.submit(_compile_bitcode, emcc, root, name, out / f"{name}.bc")
                 for name in RUNTIME_BITCODE
             ]
+            jobs.append(pool.submit(_compile_threads, emcc, out / THREADS_OBJECT))
             for job in jobs:
                 job.result()
         stamp = {"key": _key(version), "tvm": tvm_version(), "emcc": version}
@@ -194,7 +226,7 @@ def find_toolchain() -> Toolchain:
     """The built toolchain; ToolchainError naming the command to run when it is not."""
     emcc, version = find_emcc()
     folder = toolchain_dir()
-    missing = [p.name for p in (folder / f"{n}.bc" for n in RUNTIME_BITCODE) if not p.is_file()]
+    missing = [p.name for p in Toolchain(emcc, version, folder).link_inputs if not p.is_file()]
     if missing or not (folder / STAMP).is_file():
         raise ToolchainError(
             f"TVM's web runtime is not built in {folder}: run `make toolchain` "
