@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in results["ratios"].items():
         print(f"{name}: {value:.2f}x (target for decode: >= 0.5x)")
     write_json(args.json, results, FIELDS)
-    title = f"SmolLM2-135M in headless Chromium, {args.threads} threads"
+    title = f"SmolLM2-135M in headless Chromium (and native), {args.threads} threads"
     write_png(args.png, results, title, PANELS)
     print(f"wrote {args.json} and {args.png}")
     return 0

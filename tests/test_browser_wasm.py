@@ -314,12 +314,22 @@ def test_with_webgpu_auto_takes_it_and_device_cpu_forces_the_cpu(server: Server)
         assert "device=cpu" in page.inner_text("#gpu-status")
 
 
+@pytest.mark.parametrize("threads", ["auto", "2"])
 def test_playground_latent_loop_on_the_cpu_equals_python(
-    no_gpu: BrowserSession, server: Server, artifacts: pathlib.Path, tmp_path: pathlib.Path
+    no_gpu: BrowserSession,
+    server: Server,
+    artifacts: pathlib.Path,
+    tmp_path: pathlib.Path,
+    threads: str,
 ) -> None:
+    """The playground's engines live in a Worker, so with ?threads=2 the thread pool's workers
+    are started from a worker and its engine thread sleeps on the memory between tasks (the
+    page's main thread may only spin): the loop must still equal Python's."""
     qwen = artifacts / QWEN
     links = write_links("sequential", [qwen] * 3, tmp_path / "links")
-    page = no_gpu.new_page(server.url + f"playground.html?model={QWEN}&pattern=sequential")
+    page = no_gpu.new_page(
+        server.url + f"playground.html?model={QWEN}&pattern=sequential&threads={threads}"
+    )
     try:
         page.wait_for_function(
             "['idle', 'error', 'no-webgpu'].includes(document.body.dataset.state)",
@@ -350,6 +360,8 @@ def test_playground_latent_loop_on_the_cpu_equals_python(
         assert got["state"] == "done", got["error"]
         assert got["devices"][QWEN]["device"] == "cpu"
         assert f"{QWEN} on CPU (WebAssembly)" in page.inner_text("#device-status")
+        if threads == "2":
+            assert got["devices"][QWEN]["label"] == "CPU (WebAssembly), 2 threads", got
         py = python_run("latent", "sequential", [qwen] * 3, QUESTION, SETTINGS, links)
         assert_same_run(got["result"], py)
     finally:

@@ -56,9 +56,16 @@ static TVMParallelGroupEnv job_env;
 static int32_t barrier_count, barrier_sense;
 static int32_t workspace_lock;
 
+/* Loads of the word before a thread goes to sleep on it: a decode step launches a loop about
+ * every 0.1-0.3 ms, and waking a sleeping worker (futex, scheduler) costs tens of microseconds
+ * each time, so a worker keeps looking for the next launch that long before sleeping. */
+#define SPINS_BEFORE_SLEEP (1 << 17)
+
 static void wait_while_equal(int32_t* addr, int32_t value, int may_block) {
-  while (__atomic_load_n(addr, SEQ) == value) {
-    if (may_block) __builtin_wasm_memory_atomic_wait32(addr, value, -1);
+  for (int32_t spins = 0; __atomic_load_n(addr, SEQ) == value; spins++) {
+    if (may_block && spins >= SPINS_BEFORE_SLEEP) {
+      __builtin_wasm_memory_atomic_wait32(addr, value, -1);
+    }
   }
 }
 
@@ -137,8 +144,10 @@ int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_ta
     __builtin_wasm_memory_atomic_notify(&wake[i], 1);
   }
   int rc = flambda(0, &job_env, cdata);
-  for (int32_t left; (left = __atomic_load_n(&pending, SEQ)) > 0;) {
-    if (main_may_block) __builtin_wasm_memory_atomic_wait32(&pending, left, -1);
+  for (int32_t left, spins = 0; (left = __atomic_load_n(&pending, SEQ)) > 0; spins++) {
+    if (main_may_block && spins >= SPINS_BEFORE_SLEEP) {
+      __builtin_wasm_memory_atomic_wait32(&pending, left, -1);
+    }
   }
   if (__atomic_load_n(&failed, SEQ)) rc = -1;
   __atomic_store_n(&busy, 0, SEQ);
