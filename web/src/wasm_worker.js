@@ -13,6 +13,8 @@ self.onmessage = async ({ data }) => {
       const scope = (imports[item.module] ??= {});
       if (item.kind === "memory") {
         scope[item.name] = memory;
+      } else if (item.name === "emscripten_notify_memory_growth") {
+        scope[item.name] = () => {}; // the heap grew (a workspace allocation): nothing to do
       } else if (item.kind === "function") {
         scope[item.name] = () => {
           throw new Error(`${item.module}.${item.name} called on wasm thread ${index + 1}`);

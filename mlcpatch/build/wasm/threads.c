@@ -22,8 +22,10 @@
  * Without workers (no cross-origin isolation, one thread asked, a WebGPU build) every launch
  * runs serially, exactly as the stock runtime does.
  */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c11 */
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include <emscripten/emscripten.h>
 
@@ -39,6 +41,9 @@ void* mlcpatch_serial_alloc_workspace(int device_type, int device_id, uint64_t n
 int mlcpatch_serial_free_workspace(int device_type, int device_id, void* ptr);
 
 #define SEQ __ATOMIC_SEQ_CST
+/* A launch whose workers make no progress for this long fails (and threads are switched off)
+ * instead of leaving the page spinning forever. */
+#define STALL_SECONDS 30
 #define MAX_WORKERS 63
 
 static int32_t workers;             /* workers launches may use (mlcpatch_threads_enable) */
@@ -61,12 +66,26 @@ static int32_t workspace_lock;
  * each time, so a worker keeps looking for the next launch that long before sleeping. */
 #define SPINS_BEFORE_SLEEP (1 << 17)
 
+/* Every wait goes through this function, called through a volatile pointer so that neither
+ * LLVM nor binaryen inlines it. V8's baseline compiler (Liftoff) loses the caller's locals
+ * across a memory.atomic.wait32 in the same function: under Node 20 with --liftoff-only a worker
+ * ran task 0 instead of its own, and in Chromium a 2-thread test hung now and then (a worker
+ * asleep on a wrong address once Liftoff code ran); across a call every local is saved. */
+__attribute__((noinline)) static void sleep_on(int32_t* addr, int32_t value) {
+  __builtin_wasm_memory_atomic_wait32(addr, value, -1);
+}
+static void (*volatile sleep_fn)(int32_t*, int32_t) = sleep_on;
+
 static void wait_while_equal(int32_t* addr, int32_t value, int may_block) {
   for (int32_t spins = 0; __atomic_load_n(addr, SEQ) == value; spins++) {
-    if (may_block && spins >= SPINS_BEFORE_SLEEP) {
-      __builtin_wasm_memory_atomic_wait32(addr, value, -1);
-    }
+    if (may_block && spins >= SPINS_BEFORE_SLEEP) sleep_fn(addr, value);
   }
+}
+
+static double monotonic_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void wake_all(int32_t* addr) { __builtin_wasm_memory_atomic_notify(addr, (uint32_t)-1); }
@@ -144,9 +163,18 @@ int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_ta
     __builtin_wasm_memory_atomic_notify(&wake[i], 1);
   }
   int rc = flambda(0, &job_env, cdata);
-  for (int32_t left, spins = 0; (left = __atomic_load_n(&pending, SEQ)) > 0; spins++) {
+  double since = -1;
+  for (int32_t left, spins = 1; (left = __atomic_load_n(&pending, SEQ)) > 0; spins++) {
     if (main_may_block && spins >= SPINS_BEFORE_SLEEP) {
-      __builtin_wasm_memory_atomic_wait32(&pending, left, -1);
+      sleep_fn(&pending, left);  /* woken by the last task; stall checks stay on the page */
+    } else if ((spins & ((1 << 20) - 1)) == 0) {
+      double now = monotonic_seconds();
+      if (since < 0) since = now;
+      if (now - since > STALL_SECONDS) {
+        __atomic_store_n(&workers, 0, SEQ);
+        __atomic_store_n(&failed, 1, SEQ);
+        break;
+      }
     }
   }
   if (__atomic_load_n(&failed, SEQ)) rc = -1;
