@@ -69,8 +69,8 @@ static int32_t workspace_lock;
 /* Every wait goes through this function, called through a volatile pointer so that neither
  * LLVM nor binaryen inlines it. V8's baseline compiler (Liftoff) loses the caller's locals
  * across a memory.atomic.wait32 in the same function: under Node 20 with --liftoff-only a worker
- * ran task 0 instead of its own, and in Chromium a 2-thread test hung now and then (a worker
- * asleep on a wrong address once Liftoff code ran); across a call every local is saved. */
+ * ran task 0 instead of its own (right with --no-liftoff), and a 2-thread test in Chromium hung
+ * once in the full suite, likely the same way; across a call every local is saved. */
 __attribute__((noinline)) static void sleep_on(int32_t* addr, int32_t value) {
   __builtin_wasm_memory_atomic_wait32(addr, value, -1);
 }
