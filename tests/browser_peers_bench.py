@@ -8,9 +8,9 @@ copy of the artifact folder (hard links, plus the GGUF file the weights came fro
   CPU (``n_gpu_layers: 0``) with ``--threads`` threads (multi-threaded only on a cross-origin
   isolated page, which the server makes it; the JSON says what wllama reported);
 - ours, wasm CPU: the artifact's wasm32 CPU library (``model_lib.wasm``), loaded with the
-  engine's ``device: "cpu"`` option; reported as "not built" when the folder has none;
-- ours, wasm CPU: loaded with ``threads: --threads`` (worker threads on the shared memory of
-  the isolated page; the JSON says how many ran and how many loop tasks the workers took);
+  engine's ``device: "cpu"`` and ``threads: --threads`` options (worker threads on the shared
+  memory of the isolated page; the JSON says how many ran and how many loop tasks the workers
+  took); reported as "not built" when the folder has none;
 - ours, WebGPU: the artifact's WebGPU library, for reference. Without a GPU this is SwiftShader
   (about 20 s per SmolLM2 token here), so it gets fewer decode steps (``--webgpu-tokens``);
 - ours, native CPU (outside the browser, for the wasm/native ratio): the same artifact's llvm
@@ -146,14 +146,13 @@ def ours_leg(
 
 def native_leg(args: argparse.Namespace) -> dict:
     """Our llvm library on this machine, same prompt, tokens and threads as the browser legs."""
-    from mlcpatch.peers.main import chat_prompt_ids, run_leg
+    from mlcpatch.peers.main import _leg_args, chat_prompt_ids, run_leg
 
     if "llvm" not in args.libraries:
         return {"engine": "ours (native CPU)", "skipped": "not built: no llvm library"}
     ids = chat_prompt_ids(args.artifact, args.prompt)
     cmd = [sys.executable, "-m", "mlcpatch.peers.legs", "ours", "--model", str(args.artifact)]
-    cmd += ["--prompt-ids", ",".join(map(str, ids)), "--decode-tokens", str(args.tokens)]
-    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd += _leg_args(ids, args.tokens, args.repeats, args.threads)
     result = run_leg(cmd, args.threads, "ours (native CPU)")
     result["engine"] = "ours (native CPU)"
     result.pop("output_ids", None)

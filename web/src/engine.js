@@ -541,7 +541,6 @@ export class Engine {
     engine.loadTimings = { ...timings, totalMs: performance.now() - started };
     engine.wasmSource = wasmSource;
     engine.deviceKind = choice.device;
-    engine.threads = pool.threads;
     engine.threadPool = pool;
     engine.deviceLabel =
       choice.device === "cpu"
@@ -795,6 +794,11 @@ export class Engine {
         decodeMsPerToken: output.length > 1 ? decodeMs / (output.length - 1) : 0,
       },
     };
+  }
+
+  /** Threads the CPU kernels run on (1 on WebGPU and on pages without worker threads). */
+  get threads() {
+    return this.threadPool?.threads ?? 1;
   }
 
   /** Parallel-loop tasks the CPU library's worker threads have run (0: all on this thread). */
