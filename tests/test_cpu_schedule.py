@@ -20,6 +20,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import te, tirx  # noqa: E402
 
 from mlcpatch.build import cpu_schedule  # noqa: E402
+from mlcpatch.build.cpu_kernels import MR, PACK_ROWS, Q4_PACK_ROWS, WASM_MR  # noqa: E402
 from mlcpatch.build.quantization import group_quant, q4_format  # noqa: E402
 from mlcpatch.build.targets import parse_targets  # noqa: E402
 
@@ -91,8 +92,8 @@ def _check(got: np.ndarray, want: np.ndarray) -> None:
     assert err < REL_TOL, f"relative error {err:.2e}"
 
 
-def _scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    new = cpu_schedule.schedule_matmul(func)
+def _scheduled(func: tirx.PrimFunc, wasm: bool = False) -> tirx.PrimFunc:
+    new = cpu_schedule.schedule_matmul(func, wasm=wasm)
     assert new is not None, "the schedule did not take this kernel"
     text = new.script()
     assert "T.parallel" in text and "T.vectorized" in text, text
@@ -130,6 +131,39 @@ def test_q4_gemv_every_code_in_every_position(code: int, cpu: str) -> None:
     out = np.zeros((1, 1, n), dtype=np.float32)
     got = _run(_scheduled(_q4_func("decode", n, k)), [x, words, scales, out], cpu)
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+# The wasm32 GEMV (cpu_kernels.q4_gemv_wasm) is plain TIR: compiled for this CPU here, its
+# arithmetic is checked the same way; its wasm32 build runs in Chromium in test_browser_wasm.py
+# (tiny-qwen2-q4 against the native build).
+@pytest.mark.parametrize("code", [None, 0, 7, 8, 15])
+@pytest.mark.parametrize("shape", [(96, 128), (30, 64), (12, 1536)], ids=str)
+def test_q4_gemv_for_wasm_matches_numpy(shape: tuple[int, int], code: int | None) -> None:
+    n, k = shape
+    rng = np.random.default_rng(n * k)
+    if code is None:
+        words, scales = q4_format.quantize(
+            rng.standard_normal((n, k)).astype(np.float32), "float32"
+        )
+    else:  # one code in every position, and every code 0..7 once (see the test above)
+        words = np.full((n, k // 8), sum(code << (4 * e) for e in range(8)), dtype=np.uint32)
+        words[1::2] = 0x76543210
+        scales = np.linspace(0.5, 2.0, n * (k // 32), dtype=np.float32).reshape(n, k // 32)
+    x = _x("decode", k, rng)
+    func = _scheduled(_q4_func("decode", n, k), wasm=True)
+    assert "mk = T.alloc_buffer" in func.script()  # the wasm kernel, not q4_gemv
+    got = _run(func, [x, words, scales, np.zeros((1, 1, n), dtype=np.float32)], "native")
+    _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
+
+
+def test_wasm_targets_are_recognised() -> None:
+    from mlcpatch.build.wasm.target import make_target as wasm_target
+    from mlcpatch.build.webgpu.target import make_target as webgpu_target
+
+    assert cpu_schedule.target_is_wasm(wasm_target())
+    assert not cpu_schedule.target_is_wasm(tvm.target.Target({"kind": "llvm"}))
+    assert not cpu_schedule.target_is_wasm(webgpu_target())  # its kernels are not CPU ones
+    assert not cpu_schedule.target_is_wasm(None)
 
 
 @pytest.mark.parametrize("kind", ["prefill", "batch"])
@@ -195,6 +229,21 @@ WIDE_ROWS = [
 def test_wide_gemm_matches_numpy(
     shape: tuple[int, int], rows: tuple[str, int], quant: str, cpu: str
 ) -> None:
+    _check_gemm(shape, rows, quant, cpu, wasm=False)
+
+
+# On wasm32 the same GEMM with a 2-row register block (cpu_kernels.WASM_MR): plain TIR, checked
+# here on this CPU; its wasm32 build runs in Chromium in test_browser_wasm.py.
+@pytest.mark.parametrize("quant", ["f32", "q4"])
+@pytest.mark.parametrize("rows", WIDE_ROWS, ids=[f"{k}{m}" for k, m in WIDE_ROWS])
+@pytest.mark.parametrize("shape", WIDE_SHAPES, ids=[f"{n}x{k}" for n, k in WIDE_SHAPES])
+def test_wasm_gemm_matches_numpy(shape: tuple[int, int], rows: tuple[str, int], quant: str) -> None:
+    _check_gemm(shape, rows, quant, "native", wasm=True)
+
+
+def _check_gemm(
+    shape: tuple[int, int], rows: tuple[str, int], quant: str, cpu: str, wasm: bool
+) -> None:
     n, k = shape
     kind, m = rows
     rng = np.random.default_rng(n * k + m)
@@ -202,8 +251,11 @@ def test_wide_gemm_matches_numpy(
     x = rng.standard_normal((1, m, k) if kind == "prefill" else (m, 1, k)).astype(np.float32)
     out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
     func = _q4_func(kind, n, k) if quant == "q4" else _f32_func(kind, n, k)
-    new = cpu_schedule.schedule_matmul(func, wide=True)
+    new = cpu_schedule.schedule_matmul(func, wide=not wasm, wasm=wasm)
     assert new is not None and "T.sblock" not in new.script(), "not the hand-written GEMM"
+    if m >= (Q4_PACK_ROWS if quant == "q4" else PACK_ROWS):  # the register block's height
+        block = WASM_MR if wasm else MR
+        assert f"acc = T.alloc_buffer(({block}, 16)" in new.script()
     if quant == "q4":
         words, scales = q4_format.quantize(w, "float32")
         got = _run(new, [x, words, scales, out], cpu)
@@ -215,13 +267,7 @@ def test_wide_gemm_matches_numpy(
 
 
 def test_wide_gemm_rows_cover_both_paths() -> None:
-    from mlcpatch.build.cpu_kernels import (
-        COLUMN_ROWS,
-        MR,
-        PACK_ROWS,
-        Q4_PACK_ROWS,
-        Q4_ROWS_AT_ONCE,
-    )
+    from mlcpatch.build.cpu_kernels import COLUMN_ROWS, Q4_ROWS_AT_ONCE
 
     counts = [m for _, m in WIDE_ROWS]
     assert any(m <= COLUMN_ROWS and m % 2 for m in counts)  # f32 column pairs and one row
@@ -229,6 +275,7 @@ def test_wide_gemm_rows_cover_both_paths() -> None:
     assert any(m >= PACK_ROWS and m % MR for m in counts)  # f32 packed, with a tail
     assert {m % Q4_ROWS_AT_ONCE for m in counts if m < Q4_PACK_ROWS} >= {0, 1, 2, 3}
     assert any(m >= Q4_PACK_ROWS and m % MR for m in counts)  # 4-bit packed, with a tail
+    assert any(m >= Q4_PACK_ROWS and m % WASM_MR for m in counts)  # the same, wasm's block
 
 
 def test_wide_gemm_only_where_it_fits() -> None:

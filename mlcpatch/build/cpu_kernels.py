@@ -2,7 +2,8 @@
 generic matmul could not reach the instruction mix wanted. cpu_schedule.py decides which kernel
 a PrimFunc gets; these only build the replacement, with the same arguments in the same order.
 
-- ``q4_gemv``: 4-bit decode, three vector operations per 8 weights.
+- ``q4_gemv``: 4-bit decode, three vector operations per 8 weights; ``q4_gemv_wasm`` the same
+  for wasm32, ordered for V8 (see there).
 - ``gemm_f32`` / ``gemm_q4``: many rows (prefill, batched decode) on CPUs with 16 256-bit
   registers (AVX2 + FMA). Each task owns ``NR`` = 16 output columns. With at least
   ``PACK_ROWS`` rows (4-bit: ``Q4_PACK_ROWS``), the task's weights are copied (4-bit:
@@ -13,7 +14,7 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   a time (one sequential weight stream, the sum split over several accumulators), beyond that
   four columns at a time (each input load feeds four FMAs); 4-bit through ``q4_gemv``'s
   kernel, up to four rows sharing each decoded word. Dot products end in a pairwise sum of
-  their lanes.
+  their lanes. On wasm32 the same kernels run with a ``WASM_MR`` x 16 block.
 
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
@@ -29,6 +30,10 @@ LANES = 8  # f32 lanes of one AVX2 register (two SSE2 ones); equal to PER_WORD
 TILE_N = 4  # output rows (GEMV) or columns (GEMM) of one task in cpu_schedule's TIR schedules
 NR = 16  # output columns of one GEMM task: two 8-lane registers
 MR = 6  # rows of the micro-kernel's register block: 6 x 2 accumulators + 2 weights + 1 input
+# On wasm32 (16 128-bit registers, each 16-column row of the block is 4 of them): 2 rows, 8
+# accumulators. SmolLM2 prefill of 71 tokens in Chromium, one thread, best of 9: q4f32_1 583 ms
+# with the generic GEMM schedule, 510 with 2 rows, 687 with 3 (spills); q0f32 565 -> 489 ms.
+WASM_MR = 2
 # From this many rows on, a GEMM task packs its weights: the (scalar, transposing) copy costs
 # about as much as the micro-kernel gains over dot products. SmolLM2 prefill on one znver4 core,
 # dot products / packed: 48 rows 185 / 210 ms, 64: 247 / 264, 96: 308 / 328, 128: 444 / 404.
@@ -109,6 +114,63 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
     return kernel
 
 
+def q4_gemv_wasm(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
+    """``q4_gemv`` for wasm32 SIMD (4 lanes, no FMA), shaped for the browser's JIT, which keeps
+    the order of the wasm it is given (no reassociation, no FMA, no memory operands):
+
+    - The eight products of a word are summed as a tree (three dependent additions), not into
+      one running sum (eight): the chain of additions, not the arithmetic, set the pace.
+    - The seven masks are loaded from a small buffer filled at run time: as constants, LLVM
+      writes each as a ``v128.const`` inside the loop, and V8 rebuilds 128-bit constants from
+      general registers at every use.
+
+    SmolLM2 q4f32_1 decode in headless Chromium, one thread: 29 -> 41 tok/s (the running sum
+    with constant masks, then this; docs/results/browser-threads/)."""
+    from tvm.script import tirx as T
+
+    (_, words_per_row), (_, groups) = quantized_shapes((n, k))
+    prescale, blocks, top = _q4_prescale(k), k // (LANES * PER_WORD), PER_WORD - 1
+
+    def code(w: Any, mk: Any, row: Any, b: Any, lane: Any, e: int) -> Any:
+        # Code e masked in place (q * 16**e, its input pre-scaled by 16**-e), as in q4_gemv.
+        word = w[row, b * 8 + lane]
+        v = T.shift_right(word, T.uint32(28)) if e == top else T.bitwise_and(word, mk[e, lane])
+        return T.Cast("float32", T.reinterpret("int32", v))
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer(x_shape, "float32"),
+        w: T.Buffer((n, words_per_row), "uint32"),
+        s: T.Buffer((n, groups), "float32"),
+        out: T.Buffer(out_shape, "float32"),
+    ) -> None:
+        T.func_attr({"tirx.noalias": True})
+        xf = T.decl_buffer((k,), "float32", data=x.data)
+        of = T.decl_buffer((n,), "float32", data=out.data)
+        xs = T.alloc_buffer((1, blocks, PER_WORD, LANES), "float32")
+        xm = T.alloc_buffer((1, blocks, LANES), "float32")
+        prescale(xf, xs, xm, 1)
+        mk = T.alloc_buffer((PER_WORD, LANES), "uint32")
+        for e, lane in T.grid(PER_WORD, LANES):
+            mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
+        for row in T.parallel(n):
+            acc = T.alloc_buffer((LANES,), "float32")
+            for lane in T.vectorized(LANES):
+                acc[lane] = T.float32(0)
+            for b in range(blocks):
+                for lane in T.vectorized(LANES):
+                    # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
+                    acc[lane] = acc[lane] + s[row, b * 2 + lane // 4] * (
+                        xm[0, b, lane]
+                        + _pairwise(
+                            [code(w, mk, row, b, lane, e) * xs[0, b, e, lane] for e in range(8)]
+                        )
+                    )
+            of[row] = lane_sum(acc)
+
+    return kernel
+
+
 def _q4_prescale(k: int) -> Any:
     """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
     ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
@@ -185,26 +247,26 @@ def _q4_row_dots(n: int, k: int, rows: int) -> Any:
     return row_dots
 
 
-def _gemm_task(n: int, k: int, pack_rows: int) -> Any:
+def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
     """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
     module doc): packed from ``pack_rows`` rows on."""
     from tvm.script import tirx as T
 
     @T.macro
     def packed_rows(xf: Any, of: Any, panel: Any, col0: Any, rows: Any) -> None:
-        for blk in range(rows // MR):
-            acc = T.alloc_buffer((MR, NR), "float32")  # 384 bytes: stack, then registers
-            for i in T.unroll(MR):
+        for blk in range(rows // mr):
+            acc = T.alloc_buffer((mr, NR), "float32")  # 384 bytes: stack, then registers
+            for i in T.unroll(mr):
                 for j in T.vectorized(NR):
                     acc[i, j] = T.float32(0)
             for kk in range(k):
-                for i in T.unroll(MR):
+                for i in T.unroll(mr):
                     for j in T.vectorized(NR):
-                        acc[i, j] = acc[i, j] + xf[(blk * MR + i) * k + kk] * panel[kk, j]
-            for i in T.unroll(MR):
+                        acc[i, j] = acc[i, j] + xf[(blk * mr + i) * k + kk] * panel[kk, j]
+            for i in T.unroll(mr):
                 for j in T.vectorized(NR):
-                    of[(blk * MR + i) * n + col0 * NR + j] = acc[i, j]
-        for row in range(rows // MR * MR, rows):
+                    of[(blk * mr + i) * n + col0 * NR + j] = acc[i, j]
+        for row in range(rows // mr * mr, rows):
             acc1 = T.alloc_buffer((NR,), "float32")
             for j in T.vectorized(NR):
                 acc1[j] = T.float32(0)
@@ -303,12 +365,12 @@ def _gemm_task(n: int, k: int, pack_rows: int) -> Any:
     return task
 
 
-def gemm_f32(n: int, k: int) -> Any:
+def gemm_f32(n: int, k: int, mr: int = MR) -> Any:
     """``out[a, b, :] = W @ x[a, b, :]`` for f32 ``W [n, k]``, any rows ``a x b``; ``n % 16 == 0``
     and ``k % 8 == 0``."""
     from tvm.script import tirx as T
 
-    task = _gemm_task(n, k, PACK_ROWS)
+    task = _gemm_task(n, k, PACK_ROWS, mr)
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, w: T.Buffer((n, k), "float32"), var_out: T.handle) -> None:
@@ -325,7 +387,7 @@ def gemm_f32(n: int, k: int) -> Any:
     return kernel
 
 
-def gemm_q4(n: int, k: int) -> Any:
+def gemm_q4(n: int, k: int, mr: int = MR) -> Any:
     """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
     on (or when ``k`` is not a multiple of 64), each task first dequantizes its 16 weight rows,
     8 codes of a word at a time, into a row-major tile, and packs it from there. With fewer rows
@@ -334,7 +396,7 @@ def gemm_q4(n: int, k: int) -> Any:
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    task = _gemm_task(n, k, Q4_PACK_ROWS)
+    task = _gemm_task(n, k, Q4_PACK_ROWS, mr)
     blocks = k // (LANES * PER_WORD)
     prescale = _q4_prescale(k)
     row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r) for r in (Q4_ROWS_AT_ONCE, 2, 1))

@@ -9,17 +9,20 @@ group_quant.py) gets one of two schedules:
 - **GEMV** (one row of activations: decode), 4-bit weights only. When the reduction is a
   multiple of 64 (every SmolLM2 / Qwen / Llama layer), the kernel is replaced by a hand-written
   one (``cpu_kernels.q4_gemv``: masked codes against pre-scaled inputs, the ``- 7`` and the
-  scale out of the inner loop; three vector operations per 8 weights instead of six). Otherwise
+  scale out of the inner loop; three vector operations per 8 weights instead of six; on wasm32,
+  ``cpu_kernels.q4_gemv_wasm``, the same arithmetic in the order the browser's JIT runs best).
+  Otherwise
   output rows are spread over the thread pool, ``TILE_N`` rows a task, each row reduced into
   its own vector accumulator (an rfactor'ed local buffer), a lane being code ``e`` of one
   broadcast word. f32 GEMVs stay as LLVM vectorises them: memory-bound, they gained nothing from
   a schedule.
 - **GEMM** (many rows: prefill, batched decode). On targets with AVX2 + FMA, the hand-written
   register-blocked ``cpu_kernels.gemm_f32`` / ``gemm_q4`` (16 columns a task, a 6 x 16 block of
-  outputs in registers). Elsewhere (SSE2, wasm: too few registers for that block), a tile of
-  ``TILE_N`` output columns per task; for 4-bit weights the tile's weights are dequantized once
-  into a small local buffer (L1-sized) and reused by every activation row, then each row's dot
-  products run as in the GEMV.
+  outputs in registers); on wasm32 the same kernels with a 2 x 16 block (16 128-bit
+  registers). Elsewhere (SSE2, where the 6 x 16 block spills; the small one is untried there),
+  a tile of ``TILE_N`` output columns per task; for 4-bit weights the tile's weights are
+  dequantized once into a small local buffer (L1-sized) and reused by every activation row,
+  then each row's dot products run as in the GEMV.
 
 Results move by float rounding only (the sums are reassociated), within the tolerances the
 numerics tests use. Kernels these schedules do not recognise are left as they are.
@@ -131,7 +134,7 @@ def _static(buffer: Any) -> list[int] | None:
     return None if any(d is None for d in dims) else dims
 
 
-def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any) -> Any | None:
+def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any, wasm: bool) -> Any | None:
     """The hand-written 4-bit GEMV for this kernel, or None where it does not apply."""
     operands = _operands(sch, block, dequant)
     if operands is None:
@@ -145,10 +148,13 @@ def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any) -> Any | None:
         return None
     if (tuple(w_shape), tuple(s_shape)) != quantized_shapes((n, k)):
         return None
-    return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape))
+    make = cpu_kernels.q4_gemv_wasm if wasm else cpu_kernels.q4_gemv
+    return make(n, k, tuple(x_shape), tuple(out_shape))
 
 
-def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> Any | None:
+def _gemm(
+    sch: s_tir.Schedule, block: Any, dequant: Any | None, mr: int = cpu_kernels.MR
+) -> Any | None:
     """The hand-written register-blocked GEMM for this kernel, or None where it does not
     apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``)."""
     operands = _operands(sch, block, dequant)
@@ -159,10 +165,10 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> Any | None:
         return None
     weights = [_static(b) for b in operands[1:-1]]
     if dequant is None:
-        return cpu_kernels.gemm_f32(n, k) if weights == [[n, k]] else None
+        return cpu_kernels.gemm_f32(n, k, mr) if weights == [[n, k]] else None
     if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
-    return cpu_kernels.gemm_q4(n, k)
+    return cpu_kernels.gemm_q4(n, k, mr)
 
 
 def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None:
@@ -195,11 +201,14 @@ def _with_attrs_of(func: tirx.PrimFunc, kernel: tirx.PrimFunc) -> tirx.PrimFunc:
     return kernel.with_attrs(dict(func.attrs)) if func.attrs else kernel
 
 
-def schedule_matmul(func: tirx.PrimFunc, wide: bool = False) -> tirx.PrimFunc | None:
+def schedule_matmul(
+    func: tirx.PrimFunc, wide: bool = False, wasm: bool = False
+) -> tirx.PrimFunc | None:
     """``func`` scheduled (or replaced by a hand-written kernel), or None when it is not a
     kernel these schedules know. ``wide``: the target has AVX2 + FMA (16 256-bit registers),
-    which the register-blocked GEMM is sized for; elsewhere (SSE2, wasm) it spills, and the
-    GEMM schedule below does as well."""
+    which the register-blocked GEMM is sized for; elsewhere (SSE2) it spills, and the GEMM
+    schedule below does as well. ``wasm``: the target is wasm32 (its own GEMV, and the GEMM
+    with a smaller block)."""
     sch = s_tir.Schedule(func)
     blocks = [b for b in (_find_block(sch, name) for name in MATMUL_BLOCKS) if b is not None]
     if len(blocks) != 1:
@@ -217,13 +226,17 @@ def schedule_matmul(func: tirx.PrimFunc, wide: bool = False) -> tirx.PrimFunc | 
             # f32 GEMV is memory-bound and LLVM already vectorises it well: scheduled, it was
             # no faster on one thread (SSE2: slower) and slower on a loaded machine's two.
             return None
-        kernel = _q4_gemv(sch, block, dequant)
+        kernel = _q4_gemv(sch, block, dequant, wasm)
         if kernel is not None:
             return _with_attrs_of(func, kernel)
         sch.compute_inline(dequant)
         _schedule_gemv(sch, block)
     else:
-        kernel = _gemm(sch, block, dequant) if wide else None
+        kernel = None
+        if wide:
+            kernel = _gemm(sch, block, dequant)
+        elif wasm:
+            kernel = _gemm(sch, block, dequant, cpu_kernels.WASM_MR)
         if kernel is not None:
             return _with_attrs_of(func, kernel)
         _schedule_gemm(sch, block, dequant)
@@ -240,17 +253,23 @@ def target_is_wide(target: Any) -> bool:
     return {"avx2", "fma"} <= features
 
 
+def target_is_wasm(target: Any) -> bool:
+    """Whether ``target`` emits wasm32 code (the browser's CPU library)."""
+    return target is not None and "wasm32" in str(target.attrs.get("mtriple", ""))
+
+
 def schedule_cpu_kernels(mod: Any) -> Any:
     """Every matmul PrimFunc of ``mod`` (after legalization) scheduled for the CPU target in
     scope (``with target``); 4-bit kernels these schedules do not take get their
     dequantization inlined instead."""
     from tvm.target import Target
 
-    wide = target_is_wide(Target.current(allow_none=True))
+    target = Target.current(allow_none=True)
+    wide, wasm = target_is_wide(target), target_is_wasm(target)
     updates = {}
     for gvar, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
-            scheduled = schedule_matmul(func, wide) or inline_dequantize_func(func)
+            scheduled = schedule_matmul(func, wide, wasm) or inline_dequantize_func(func)
             if scheduled is not None:
                 updates[gvar] = scheduled
     for gvar, func in updates.items():
