@@ -20,7 +20,13 @@ tvm = pytest.importorskip("tvm")
 from tvm import te, tirx  # noqa: E402
 
 from mlcpatch.build import cpu_schedule  # noqa: E402
-from mlcpatch.build.cpu_kernels import MR, PACK_ROWS, Q4_PACK_ROWS, WASM_MR  # noqa: E402
+from mlcpatch.build.cpu_kernels import (  # noqa: E402
+    MR,
+    PACK_ROWS,
+    Q4_PACK_ROWS,
+    WASM_MR,
+    WASM_Q4_PACK_ROWS,
+)
 from mlcpatch.build.quantization import group_quant, q4_format  # noqa: E402
 from mlcpatch.build.targets import parse_targets  # noqa: E402
 
@@ -133,7 +139,7 @@ def test_q4_gemv_every_code_in_every_position(code: int, cpu: str) -> None:
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 
-# The wasm32 GEMV (cpu_kernels.q4_gemv_wasm) is plain TIR: compiled for this CPU here, its
+# The wasm32 GEMV (cpu_kernels.q4_gemv with wasm=True) is plain TIR: compiled for this CPU here, its
 # arithmetic is checked the same way; its wasm32 build runs in Chromium in test_browser_wasm.py
 # (tiny-qwen2-q4 against the native build).
 @pytest.mark.parametrize("code", [None, 0, 7, 8, 15])
@@ -151,7 +157,8 @@ def test_q4_gemv_for_wasm_matches_numpy(shape: tuple[int, int], code: int | None
         scales = np.linspace(0.5, 2.0, n * (k // 32), dtype=np.float32).reshape(n, k // 32)
     x = _x("decode", k, rng)
     func = _scheduled(_q4_func("decode", n, k), wasm=True)
-    assert "mk = T.alloc_buffer" in func.script()  # the wasm kernel, not q4_gemv
+    assert "& mk[" in func.script()  # masks loaded from the buffer: the wasm order
+    assert "& mk[" not in _scheduled(_q4_func("decode", n, k)).script()
     got = _run(func, [x, words, scales, np.zeros((1, 1, n), dtype=np.float32)], "native")
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
@@ -253,7 +260,8 @@ def _check_gemm(
     func = _q4_func(kind, n, k) if quant == "q4" else _f32_func(kind, n, k)
     new = cpu_schedule.schedule_matmul(func, wide=not wasm, wasm=wasm)
     assert new is not None and "T.sblock" not in new.script(), "not the hand-written GEMM"
-    if m >= (Q4_PACK_ROWS if quant == "q4" else PACK_ROWS):  # the register block's height
+    q4_pack = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
+    if m >= (q4_pack if quant == "q4" else PACK_ROWS):  # the register block's height
         block = WASM_MR if wasm else MR
         assert f"acc = T.alloc_buffer(({block}, 16)" in new.script()
     if quant == "q4":
@@ -275,7 +283,8 @@ def test_wide_gemm_rows_cover_both_paths() -> None:
     assert any(m >= PACK_ROWS and m % MR for m in counts)  # f32 packed, with a tail
     assert {m % Q4_ROWS_AT_ONCE for m in counts if m < Q4_PACK_ROWS} >= {0, 1, 2, 3}
     assert any(m >= Q4_PACK_ROWS and m % MR for m in counts)  # 4-bit packed, with a tail
-    assert any(m >= Q4_PACK_ROWS and m % WASM_MR for m in counts)  # the same, wasm's block
+    assert {m % Q4_ROWS_AT_ONCE for m in counts if m < WASM_Q4_PACK_ROWS} >= {0, 1, 2, 3}
+    assert any(m >= WASM_Q4_PACK_ROWS and m % WASM_MR for m in counts)  # wasm: its block, a tail
 
 
 def test_wide_gemm_only_where_it_fits() -> None:

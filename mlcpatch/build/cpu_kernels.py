@@ -2,8 +2,8 @@
 generic matmul could not reach the instruction mix wanted. cpu_schedule.py decides which kernel
 a PrimFunc gets; these only build the replacement, with the same arguments in the same order.
 
-- ``q4_gemv``: 4-bit decode, three vector operations per 8 weights; ``q4_gemv_wasm`` the same
-  for wasm32, ordered for V8 (see there).
+- ``q4_gemv``: 4-bit decode, three vector operations per 8 weights (on wasm32 in the order V8
+  runs best: see ``_q4_row_dots``).
 - ``gemm_f32`` / ``gemm_q4``: many rows (prefill, batched decode) on CPUs with 16 256-bit
   registers (AVX2 + FMA). Each task owns ``NR`` = 16 output columns. With at least
   ``PACK_ROWS`` rows (4-bit: ``Q4_PACK_ROWS``), the task's weights are copied (4-bit:
@@ -14,7 +14,8 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   a time (one sequential weight stream, the sum split over several accumulators), beyond that
   four columns at a time (each input load feeds four FMAs); 4-bit through ``q4_gemv``'s
   kernel, up to four rows sharing each decoded word. Dot products end in a pairwise sum of
-  their lanes. On wasm32 the same kernels run with a ``WASM_MR`` x 16 block.
+  their lanes. On wasm32 the same kernels run with a ``WASM_MR`` x 16 block (4-bit: packed from
+  ``WASM_Q4_PACK_ROWS`` rows on).
 
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
@@ -45,6 +46,10 @@ PACK_ROWS = 40
 # FMA per 8 weights per row as well, plus the decode): 16 rows 114 / 148 ms, 32: 179 / 171,
 # 48: 279 / 211, 64: 336 / 249.
 Q4_PACK_ROWS = 32
+# On wasm32 decoding a word costs more against the 2 x 16 block's products: SmolLM2 prefill in
+# Chromium, one thread, rows through the GEMV's kernel / packed: 8 rows 150 / 194 ms, 24 rows
+# 382 / 296 (straight lines through these cross near 14 rows).
+WASM_Q4_PACK_ROWS = 16
 CHAINS = 8  # independent FMA chains of an unpacked dot-product block (latency 4 x 2 a cycle)
 WIDE_COLUMNS = 4  # columns of a block beyond COLUMN_ROWS rows
 # Up to this many rows (f32), each column's weights are streamed alone (see ``_gemm_task``);
@@ -74,7 +79,9 @@ def part_sum(acc: Any, parts: int, row: Any, col: Any, lane: Any) -> Any:
     return _pairwise([acc[row, col, p, lane] for p in range(parts)])
 
 
-def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
+def q4_gemv(
+    n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...], wasm: bool = False
+) -> Any:
     """A hand-written 4-bit GEMV (f32 input, f32 scales, ``k`` a multiple of 64) doing three
     vector operations per 8 weights: AND, int-to-float, FMA.
 
@@ -89,53 +96,13 @@ def q4_gemv(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
       k=1536 down-projection from memory at half the rate: 3.4 against 6.2 GB/s, 1 znver3
       core); its accumulators stay on the stack (scope "global" under 1 KiB is an alloca on the
       CPU; "local" would be a workspace call per task).
+    - ``wasm``: the order of operations for wasm32 (see ``_q4_row_dots``).
     """
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    prescale, row_dots = _q4_prescale(k), _q4_row_dots(n, k, 1)
-
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer(x_shape, "float32"),
-        w: T.Buffer((n, words_per_row), "uint32"),
-        s: T.Buffer((n, groups), "float32"),
-        out: T.Buffer(out_shape, "float32"),
-    ) -> None:
-        T.func_attr({"tirx.noalias": True})
-        xf = T.decl_buffer((k,), "float32", data=x.data)
-        of = T.decl_buffer((n,), "float32", data=out.data)
-        xs = T.alloc_buffer((1, k // (LANES * PER_WORD), PER_WORD, LANES), "float32")
-        xm = T.alloc_buffer((1, k // (LANES * PER_WORD), LANES), "float32")
-        prescale(xf, xs, xm, 1)
-        for row in T.parallel(n):
-            row_dots(w, s, xs, xm, of, row, 0)
-
-    return kernel
-
-
-def q4_gemv_wasm(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
-    """``q4_gemv`` for wasm32 SIMD (4 lanes, no FMA), shaped for the browser's JIT, which keeps
-    the order of the wasm it is given (no reassociation, no FMA, no memory operands):
-
-    - The eight products of a word are summed as a tree (three dependent additions), not into
-      one running sum (eight): the chain of additions, not the arithmetic, set the pace.
-    - The seven masks are loaded from a small buffer filled at run time: as constants, LLVM
-      writes each as a ``v128.const`` inside the loop, and V8 rebuilds 128-bit constants from
-      general registers at every use.
-
-    SmolLM2 q4f32_1 decode in headless Chromium, one thread: 29 -> 41 tok/s (the running sum
-    with constant masks, then this; docs/results/browser-threads/)."""
-    from tvm.script import tirx as T
-
-    (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    prescale, blocks, top = _q4_prescale(k), k // (LANES * PER_WORD), PER_WORD - 1
-
-    def code(w: Any, mk: Any, row: Any, b: Any, lane: Any, e: int) -> Any:
-        # Code e masked in place (q * 16**e, its input pre-scaled by 16**-e), as in q4_gemv.
-        word = w[row, b * 8 + lane]
-        v = T.shift_right(word, T.uint32(28)) if e == top else T.bitwise_and(word, mk[e, lane])
-        return T.Cast("float32", T.reinterpret("int32", v))
+    prescale, row_dots = _q4_prescale(k), _q4_row_dots(n, k, 1, wasm)
+    blocks = k // (LANES * PER_WORD)
 
     @T.prim_func(private=True)
     def kernel(
@@ -149,24 +116,10 @@ def q4_gemv_wasm(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int,
         of = T.decl_buffer((n,), "float32", data=out.data)
         xs = T.alloc_buffer((1, blocks, PER_WORD, LANES), "float32")
         xm = T.alloc_buffer((1, blocks, LANES), "float32")
-        prescale(xf, xs, xm, 1)
         mk = T.alloc_buffer((PER_WORD, LANES), "uint32")
-        for e, lane in T.grid(PER_WORD, LANES):
-            mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
+        prescale(xf, xs, xm, mk, 1)
         for row in T.parallel(n):
-            acc = T.alloc_buffer((LANES,), "float32")
-            for lane in T.vectorized(LANES):
-                acc[lane] = T.float32(0)
-            for b in range(blocks):
-                for lane in T.vectorized(LANES):
-                    # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
-                    acc[lane] = acc[lane] + s[row, b * 2 + lane // 4] * (
-                        xm[0, b, lane]
-                        + _pairwise(
-                            [code(w, mk, row, b, lane, e) * xs[0, b, e, lane] for e in range(8)]
-                        )
-                    )
-            of[row] = lane_sum(acc)
+            row_dots(w, s, xs, xm, mk, of, row, 0)
 
     return kernel
 
@@ -174,13 +127,15 @@ def q4_gemv_wasm(n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int,
 def _q4_prescale(k: int) -> Any:
     """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
     ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
-    ``q4_gemv``)."""
+    ``q4_gemv``), and the masks ``mk[e, lane] = 15 << 4 e`` (used on wasm32)."""
     from tvm.script import tirx as T
 
     blocks, top = k // (LANES * PER_WORD), PER_WORD - 1
 
     @T.macro
-    def prescale(xf: Any, xs: Any, xm: Any, rows: Any) -> None:
+    def prescale(xf: Any, xs: Any, xm: Any, mk: Any, rows: Any) -> None:
+        for e, lane in T.grid(PER_WORD, LANES):
+            mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
         for r, b, e, lane in T.grid(rows, blocks, PER_WORD, LANES):
             # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
             xs[r, b, e, lane] = xf[r * k + 64 * b + 8 * lane + e] * T.reinterpret(
@@ -194,16 +149,37 @@ def _q4_prescale(k: int) -> Any:
     return prescale
 
 
-def _q4_row_dots(n: int, k: int, rows: int) -> Any:
+def _q4_row_dots(n: int, k: int, rows: int, wasm: bool = False) -> Any:
     """A macro computing ``out[r0 + i, row]`` for ``i < rows`` from weight row ``row``: each
     decoded word feeds all those rows (see ``q4_gemv``); the accumulators stay on the stack
-    (scope "global" under 1 KiB is an alloca on the CPU; "local" would be a workspace call)."""
+    (scope "global" under 1 KiB is an alloca on the CPU; "local" would be a workspace call).
+
+    ``wasm``: the browser's JIT keeps a wasm function's order of operations (no reassociation,
+    no FMA, no loads folded into arithmetic) and rebuilds a 128-bit constant from general
+    registers at every use. So the masks are loaded from ``mk`` (filled at run time: LLVM cannot
+    fold them back into ``v128.const``), and with one row the eight products of a word are
+    summed as a tree (three dependent additions, not eight; with more rows their chains
+    interleave). SmolLM2 q4f32_1 decode in headless Chromium, one thread: 29 -> 41 tok/s
+    (docs/results/browser-wasm-kernels/)."""
     from tvm.script import tirx as T
 
     blocks, top = k // (LANES * PER_WORD), PER_WORD - 1
 
+    def code(w: Any, mk: Any, row: Any, b: Any, lane: Any, e: Any) -> Any:
+        # One expression on purpose: the word bound to a name inside the vectorized loop (a
+        # Let) came out wrong (relative error 0.5). LLVM decodes it once for all the rows.
+        word = w[row, b * 8 + lane]
+        mask = mk[e, lane] if wasm else T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
+        if isinstance(e, int):
+            value = T.shift_right(word, T.uint32(28)) if e == top else T.bitwise_and(word, mask)
+        else:
+            value = T.if_then_else(
+                e == top, T.shift_right(word, T.uint32(28)), T.bitwise_and(word, mask)
+            )
+        return T.Cast("float32", T.reinterpret("int32", value))
+
     @T.macro
-    def row_dots(w: Any, s: Any, xs: Any, xm: Any, of: Any, row: Any, r0: Any) -> None:
+    def row_dots(w: Any, s: Any, xs: Any, xm: Any, mk: Any, of: Any, row: Any, r0: Any) -> None:
         acc = T.alloc_buffer((rows, LANES), "float32")
         part = T.alloc_buffer((rows, LANES), "float32")
         for i in T.unroll(rows):
@@ -215,27 +191,9 @@ def _q4_row_dots(n: int, k: int, rows: int) -> Any:
                     part[i, lane] = xm[r0 + i, b, lane]
             for e in T.unroll(PER_WORD):
                 for i in T.unroll(rows):
-                    # One expression on purpose: the word bound to a name inside the
-                    # vectorized loop (a Let) came out wrong (relative error 0.5). LLVM
-                    # decodes it once for all the rows.
                     for lane in T.vectorized(LANES):
                         part[i, lane] = (
-                            part[i, lane]
-                            + T.Cast(
-                                "float32",
-                                T.reinterpret(
-                                    "int32",
-                                    T.if_then_else(
-                                        e == top,
-                                        T.shift_right(w[row, b * 8 + lane], T.uint32(28)),
-                                        T.bitwise_and(
-                                            w[row, b * 8 + lane],
-                                            T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e)),
-                                        ),
-                                    ),
-                                ),
-                            )
-                            * xs[r0 + i, b, e, lane]
+                            part[i, lane] + code(w, mk, row, b, lane, e) * xs[r0 + i, b, e, lane]
                         )
             for i in T.unroll(rows):
                 for lane in T.vectorized(LANES):
@@ -244,7 +202,22 @@ def _q4_row_dots(n: int, k: int, rows: int) -> Any:
         for i in T.unroll(rows):
             of[(r0 + i) * n + row] = lane_sum(acc, i)
 
-    return row_dots
+    @T.macro
+    def tree_dot(w: Any, s: Any, xs: Any, xm: Any, mk: Any, of: Any, row: Any, r0: Any) -> None:
+        acc = T.alloc_buffer((LANES,), "float32")
+        for lane in T.vectorized(LANES):
+            acc[lane] = T.float32(0)
+        for b in range(blocks):
+            for lane in T.vectorized(LANES):
+                acc[lane] = acc[lane] + s[row, b * 2 + lane // 4] * (
+                    xm[r0, b, lane]
+                    + _pairwise(
+                        [code(w, mk, row, b, lane, e) * xs[r0, b, e, lane] for e in range(PER_WORD)]
+                    )
+                )
+        of[r0 * n + row] = lane_sum(acc)
+
+    return tree_dot if wasm and rows == 1 else row_dots
 
 
 def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
@@ -387,19 +360,21 @@ def gemm_f32(n: int, k: int, mr: int = MR) -> Any:
     return kernel
 
 
-def gemm_q4(n: int, k: int, mr: int = MR) -> Any:
+def gemm_q4(n: int, k: int, mr: int = MR, wasm: bool = False) -> Any:
     """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
-    on (or when ``k`` is not a multiple of 64), each task first dequantizes its 16 weight rows,
-    8 codes of a word at a time, into a row-major tile, and packs it from there. With fewer rows
-    that copy cost more than the products (batch 2 took 3x one row's GEMV): the rows go through
-    ``q4_gemv``'s kernel instead, ``Q4_ROWS_AT_ONCE`` rows sharing each decoded word."""
+    on (wasm32: ``WASM_Q4_PACK_ROWS``; or when ``k`` is not a multiple of 64), each task first
+    dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile, and
+    packs it from there. With fewer rows that copy cost more than the products (batch 2 took 3x
+    one row's GEMV): the rows go through ``q4_gemv``'s kernel instead, ``Q4_ROWS_AT_ONCE`` rows
+    sharing each decoded word."""
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    task = _gemm_task(n, k, Q4_PACK_ROWS, mr)
+    pack_rows = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
+    task = _gemm_task(n, k, pack_rows, mr)
     blocks = k // (LANES * PER_WORD)
     prescale = _q4_prescale(k)
-    row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r) for r in (Q4_ROWS_AT_ONCE, 2, 1))
+    row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r, wasm) for r in (Q4_ROWS_AT_ONCE, 2, 1))
 
     @T.macro
     def tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
@@ -421,17 +396,18 @@ def gemm_q4(n: int, k: int, mr: int = MR) -> Any:
 
     @T.macro
     def few_rows(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
-        xs = T.alloc_buffer((Q4_PACK_ROWS, blocks, PER_WORD, LANES), "float32")
-        xm = T.alloc_buffer((Q4_PACK_ROWS, blocks, LANES), "float32")
-        prescale(xf, xs, xm, rows)
+        xs = T.alloc_buffer((pack_rows, blocks, PER_WORD, LANES), "float32")
+        xm = T.alloc_buffer((pack_rows, blocks, LANES), "float32")
+        mk = T.alloc_buffer((PER_WORD, LANES), "uint32")
+        prescale(xf, xs, xm, mk, rows)
         for row in T.parallel(n):
             for blk in range(rows // Q4_ROWS_AT_ONCE):
-                row_dots(q, s, xs, xm, of, row, blk * Q4_ROWS_AT_ONCE)
+                row_dots(q, s, xs, xm, mk, of, row, blk * Q4_ROWS_AT_ONCE)
             done = rows // Q4_ROWS_AT_ONCE * Q4_ROWS_AT_ONCE
             if rows - done >= 2:
-                row_pair(q, s, xs, xm, of, row, done)
+                row_pair(q, s, xs, xm, mk, of, row, done)
             if (rows - done) % 2 == 1:
-                row_dot(q, s, xs, xm, of, row, rows - 1)
+                row_dot(q, s, xs, xm, mk, of, row, rows - 1)
 
     if k % (LANES * PER_WORD):
         dispatch = tiles  # the GEMV's kernel needs k in whole 64-weight blocks
@@ -439,7 +415,7 @@ def gemm_q4(n: int, k: int, mr: int = MR) -> Any:
 
         @T.macro
         def dispatch(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
-            if rows < Q4_PACK_ROWS:
+            if rows < pack_rows:
                 few_rows(xf, of, q, s, rows)
             else:
                 tiles(xf, of, q, s, rows)

@@ -10,7 +10,7 @@ group_quant.py) gets one of two schedules:
   multiple of 64 (every SmolLM2 / Qwen / Llama layer), the kernel is replaced by a hand-written
   one (``cpu_kernels.q4_gemv``: masked codes against pre-scaled inputs, the ``- 7`` and the
   scale out of the inner loop; three vector operations per 8 weights instead of six; on wasm32,
-  ``cpu_kernels.q4_gemv_wasm``, the same arithmetic in the order the browser's JIT runs best).
+  the same kernel with its operations in the order the browser's JIT runs best).
   Otherwise
   output rows are spread over the thread pool, ``TILE_N`` rows a task, each row reduced into
   its own vector accumulator (an rfactor'ed local buffer), a lane being code ``e`` of one
@@ -148,15 +148,14 @@ def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any, wasm: bool) -> Any |
         return None
     if (tuple(w_shape), tuple(s_shape)) != quantized_shapes((n, k)):
         return None
-    make = cpu_kernels.q4_gemv_wasm if wasm else cpu_kernels.q4_gemv
-    return make(n, k, tuple(x_shape), tuple(out_shape))
+    return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape), wasm)
 
 
-def _gemm(
-    sch: s_tir.Schedule, block: Any, dequant: Any | None, mr: int = cpu_kernels.MR
-) -> Any | None:
+def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = False) -> Any | None:
     """The hand-written register-blocked GEMM for this kernel, or None where it does not
-    apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``)."""
+    apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``); ``wasm``:
+    its wasm32 form (a smaller register block, the 4-bit GEMV's wasm order)."""
+    mr = cpu_kernels.WASM_MR if wasm else cpu_kernels.MR
     operands = _operands(sch, block, dequant)
     if operands is None or len(operands[0].shape) != 3 or len(operands[-1].shape) != 3:
         return None
@@ -168,7 +167,7 @@ def _gemm(
         return cpu_kernels.gemm_f32(n, k, mr) if weights == [[n, k]] else None
     if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
-    return cpu_kernels.gemm_q4(n, k, mr)
+    return cpu_kernels.gemm_q4(n, k, mr, wasm)
 
 
 def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None:
@@ -236,7 +235,7 @@ def schedule_matmul(
         if wide:
             kernel = _gemm(sch, block, dequant)
         elif wasm:
-            kernel = _gemm(sch, block, dequant, cpu_kernels.WASM_MR)
+            kernel = _gemm(sch, block, dequant, wasm=True)
         if kernel is not None:
             return _with_attrs_of(func, kernel)
         _schedule_gemm(sch, block, dequant)
