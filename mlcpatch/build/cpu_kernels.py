@@ -101,7 +101,7 @@ def q4_gemv(
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    prescale, row_dots = _q4_prescale(k), _q4_row_dots(n, k, 1, wasm)
+    prescale, row_dots = _q4_prescale(k, wasm), _q4_row_dots(n, k, 1, wasm)
     blocks = k // (LANES * PER_WORD)
 
     @T.prim_func(private=True)
@@ -124,17 +124,18 @@ def q4_gemv(
     return kernel
 
 
-def _q4_prescale(k: int) -> Any:
+def _q4_prescale(k: int, wasm: bool = False) -> Any:
     """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
     ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
-    ``q4_gemv``), and the masks ``mk[e, lane] = 15 << 4 e`` (used on wasm32)."""
+    ``q4_gemv``), and on wasm32 the masks ``mk[e, lane] = 15 << 4 e`` (see ``_q4_row_dots``)."""
     from tvm.script import tirx as T
 
     blocks, top = k // (LANES * PER_WORD), PER_WORD - 1
+    masks = PER_WORD if wasm else 0  # native kernels take their masks as constants
 
     @T.macro
     def prescale(xf: Any, xs: Any, xm: Any, mk: Any, rows: Any) -> None:
-        for e, lane in T.grid(PER_WORD, LANES):
+        for e, lane in T.grid(masks, LANES):
             mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
         for r, b, e, lane in T.grid(rows, blocks, PER_WORD, LANES):
             # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
@@ -338,12 +339,12 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
     return task
 
 
-def gemm_f32(n: int, k: int, mr: int = MR) -> Any:
+def gemm_f32(n: int, k: int, wasm: bool = False) -> Any:
     """``out[a, b, :] = W @ x[a, b, :]`` for f32 ``W [n, k]``, any rows ``a x b``; ``n % 16 == 0``
-    and ``k % 8 == 0``."""
+    and ``k % 8 == 0``. ``wasm``: a ``WASM_MR`` x 16 register block."""
     from tvm.script import tirx as T
 
-    task = _gemm_task(n, k, PACK_ROWS, mr)
+    task = _gemm_task(n, k, PACK_ROWS, WASM_MR if wasm else MR)
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, w: T.Buffer((n, k), "float32"), var_out: T.handle) -> None:
@@ -360,20 +361,21 @@ def gemm_f32(n: int, k: int, mr: int = MR) -> Any:
     return kernel
 
 
-def gemm_q4(n: int, k: int, mr: int = MR, wasm: bool = False) -> Any:
+def gemm_q4(n: int, k: int, wasm: bool = False) -> Any:
     """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
     on (wasm32: ``WASM_Q4_PACK_ROWS``; or when ``k`` is not a multiple of 64), each task first
     dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile, and
     packs it from there. With fewer rows that copy cost more than the products (batch 2 took 3x
     one row's GEMV): the rows go through ``q4_gemv``'s kernel instead, ``Q4_ROWS_AT_ONCE`` rows
-    sharing each decoded word."""
+    sharing each decoded word. ``wasm``: a ``WASM_MR`` x 16 register block and the GEMV's wasm
+    order."""
     from tvm.script import tirx as T
 
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     pack_rows = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
-    task = _gemm_task(n, k, pack_rows, mr)
+    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR)
     blocks = k // (LANES * PER_WORD)
-    prescale = _q4_prescale(k)
+    prescale = _q4_prescale(k, wasm)
     row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r, wasm) for r in (Q4_ROWS_AT_ONCE, 2, 1))
 
     @T.macro

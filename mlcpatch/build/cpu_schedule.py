@@ -10,8 +10,7 @@ group_quant.py) gets one of two schedules:
   multiple of 64 (every SmolLM2 / Qwen / Llama layer), the kernel is replaced by a hand-written
   one (``cpu_kernels.q4_gemv``: masked codes against pre-scaled inputs, the ``- 7`` and the
   scale out of the inner loop; three vector operations per 8 weights instead of six; on wasm32,
-  the same kernel with its operations in the order the browser's JIT runs best).
-  Otherwise
+  the same kernel with its operations in the order the browser's JIT runs best). Otherwise
   output rows are spread over the thread pool, ``TILE_N`` rows a task, each row reduced into
   its own vector accumulator (an rfactor'ed local buffer), a lane being code ``e`` of one
   broadcast word. f32 GEMVs stay as LLVM vectorises them: memory-bound, they gained nothing from
@@ -155,7 +154,6 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = Fal
     """The hand-written register-blocked GEMM for this kernel, or None where it does not
     apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``); ``wasm``:
     its wasm32 form (a smaller register block, the 4-bit GEMV's wasm order)."""
-    mr = cpu_kernels.WASM_MR if wasm else cpu_kernels.MR
     operands = _operands(sch, block, dequant)
     if operands is None or len(operands[0].shape) != 3 or len(operands[-1].shape) != 3:
         return None
@@ -164,10 +162,10 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = Fal
         return None
     weights = [_static(b) for b in operands[1:-1]]
     if dequant is None:
-        return cpu_kernels.gemm_f32(n, k, mr) if weights == [[n, k]] else None
+        return cpu_kernels.gemm_f32(n, k, wasm) if weights == [[n, k]] else None
     if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
-    return cpu_kernels.gemm_q4(n, k, mr, wasm)
+    return cpu_kernels.gemm_q4(n, k, wasm)
 
 
 def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None:
@@ -231,11 +229,7 @@ def schedule_matmul(
         sch.compute_inline(dequant)
         _schedule_gemv(sch, block)
     else:
-        kernel = None
-        if wide:
-            kernel = _gemm(sch, block, dequant)
-        elif wasm:
-            kernel = _gemm(sch, block, dequant, wasm=True)
+        kernel = _gemm(sch, block, dequant, wasm) if wide or wasm else None
         if kernel is not None:
             return _with_attrs_of(func, kernel)
         _schedule_gemm(sch, block, dequant)
