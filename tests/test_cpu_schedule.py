@@ -139,6 +139,55 @@ def test_q4_gemv_every_code_in_every_position(code: int, cpu: str) -> None:
     _check(got, x.astype(np.float64) @ decode_words(words, scales, k).T)
 
 
+# q4f16_1: float16 activations and scales, float16 outputs (float32 where a model keeps its
+# logits in float32). The hand-written kernels widen every load to float32 and round only the
+# result: with a float32 output the error is float32's (summing in float16, as the generic
+# kernel does, is off by ~1e-3); with a float16 one, one rounding (2**-11 relative).
+F16_CASES = [
+    ("portable", "decode"),  # the GEMV is hand-written on every CPU; SSE2's GEMM is not
+    ("native", "decode"),
+    ("native", "batch"),  # the few-row path (the GEMV's kernel, rows sharing each word)
+    ("native", "prefill"),  # 7 rows: the same
+    ("native", "packed"),  # 40 rows: the input widened into a float32 copy, then packed
+    ("wasm", "decode"),  # the wasm32 order, compiled for this CPU (plain TIR)
+    ("wasm", "packed"),
+]
+F16_ROWS = {"decode": (1, 1), "batch": (3, 1), "prefill": (1, 7), "packed": (1, 40)}
+
+
+def _q4_f16_func(kind: str, n: int, k: int, out_dtype: str) -> tirx.PrimFunc:
+    x = te.placeholder((*_rows("prefill" if kind == "packed" else kind), k), "float16", name="x")
+    q_shape, s_shape = q4_format.quantized_shapes((n, k))
+    words = te.placeholder(q_shape, "uint32", name="q_weight")
+    scales = te.placeholder(s_shape, "float16", name="q_scale")
+    out = group_quant._linear_te(x, words, scales, k=k, out_dtype=out_dtype)
+    return te.create_prim_func([x, words, scales, out])
+
+
+@pytest.mark.parametrize("out_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("cpu,kind", F16_CASES, ids=[f"{c}-{k}" for c, k in F16_CASES])
+def test_q4_kernels_take_float16(cpu: str, kind: str, out_dtype: str) -> None:
+    n, k = 96, 128
+    rng = np.random.default_rng(k + len(kind))
+    words, scales = q4_format.quantize(rng.standard_normal((n, k)).astype(np.float32), "float16")
+    assert scales.dtype == np.float16
+    x = rng.standard_normal((*F16_ROWS[kind], k)).astype(np.float16)
+    func = _q4_f16_func(kind, n, k, out_dtype)
+    (llvm,) = parse_targets("llvm", "native" if cpu == "wasm" else cpu)
+    wide = cpu_schedule.target_is_wide(llvm.make_target())
+    new = cpu_schedule.schedule_matmul(func, wide=wide, wasm=cpu == "wasm")
+    assert new is not None
+    text = new.script()
+    assert "T.parallel" in text and "T.vectorized" in text, text
+    assert '"float16"' in text and '"float32"' in text  # widened loads, float32 arithmetic
+    out = np.zeros((*x.shape[:-1], n), dtype=out_dtype)
+    got = _run(new, [x, words, scales, out], "native" if cpu == "wasm" else cpu)
+    assert got.dtype == np.dtype(out_dtype)
+    want = x.astype(np.float64) @ decode_words(words, scales.astype(np.float64), k).T
+    err = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
+    assert err < (REL_TOL if out_dtype == "float32" else 1e-3), f"relative error {err:.2e}"
+
+
 # The wasm32 GEMV (cpu_kernels.q4_gemv with wasm=True) is plain TIR: compiled for this CPU here, its
 # arithmetic is checked the same way; its wasm32 build runs in Chromium in test_browser_wasm.py
 # (tiny-qwen2-q4 against the native build).

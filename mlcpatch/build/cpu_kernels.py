@@ -17,6 +17,9 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   their lanes. On wasm32 the same kernels run with a ``WASM_MR`` x 16 block (4-bit: packed from
   ``WASM_Q4_PACK_ROWS`` rows on).
 
+The 4-bit kernels also take float16 activations, scales and outputs (q4f16_1): every load is
+widened to float32 and each output rounded once (``dtypes``; CPUs have no float16 arithmetic).
+
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
 """
@@ -57,6 +60,23 @@ WIDE_COLUMNS = 4  # columns of a block beyond COLUMN_ROWS rows
 # 8: 64 / 68; 16: 133 / 99.
 COLUMN_ROWS = 8
 Q4_ROWS_AT_ONCE = 4  # rows sharing one decoded 4-bit word in the few-rows 4-bit kernel
+# Dtypes of a 4-bit kernel's input, scales and output: q4f32_1's. q4f16_1's layers have float16
+# ones (the logits may stay float32).
+F32 = ("float32", "float32", "float32")
+
+
+def _cast(dtype: str, value: Any) -> Any:
+    """``value`` (a float32 expression) stored as ``dtype``: rounded once, at the end."""
+    from tvm.script import tirx as T
+
+    return value if dtype == "float32" else T.Cast(dtype, value)
+
+
+def _f32(dtype: str, value: Any) -> Any:
+    """A load of a ``dtype`` buffer as float32: float16 widened (exact), float32 as it is."""
+    from tvm.script import tirx as T
+
+    return value if dtype == "float32" else T.Cast("float32", value)
 
 
 def _pairwise(terms: list[Any]) -> Any:
@@ -80,10 +100,15 @@ def part_sum(acc: Any, parts: int, row: Any, col: Any, lane: Any) -> Any:
 
 
 def q4_gemv(
-    n: int, k: int, x_shape: tuple[int, ...], out_shape: tuple[int, ...], wasm: bool = False
+    n: int,
+    k: int,
+    x_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    wasm: bool = False,
+    dtypes: tuple[str, str, str] = F32,
 ) -> Any:
-    """A hand-written 4-bit GEMV (f32 input, f32 scales, ``k`` a multiple of 64) doing three
-    vector operations per 8 weights: AND, int-to-float, FMA.
+    """A hand-written 4-bit GEMV (``k`` a multiple of 64) doing three vector operations per 8
+    weights: AND, int-to-float, FMA.
 
     - No shift: code ``e`` of a word is masked in place, ``q * 16**e``, and its input is stored
       pre-scaled by ``16**-e`` (exact: a power of two), so the product is ``q * x``. The top code
@@ -97,23 +122,29 @@ def q4_gemv(
       core); its accumulators stay on the stack (scope "global" under 1 KiB is an alloca on the
       CPU; "local" would be a workspace call per task).
     - ``wasm``: the order of operations for wasm32 (see ``_q4_row_dots``).
+    - ``dtypes``: of the input, the scales and the output (q4f16_1: float16 ones). Loads are
+      widened to float32 and the result rounded once: every product and sum is float32, as
+      in q4f32_1 (a CPU without float16 arithmetic would otherwise convert and round at every
+      step).
     """
     from tvm.script import tirx as T
 
+    x_dtype, s_dtype, out_dtype = dtypes
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    prescale, row_dots = _q4_prescale(k, wasm), _q4_row_dots(n, k, 1, wasm)
+    prescale = _q4_prescale(k, wasm, x_dtype)
+    row_dots = _q4_row_dots(n, k, 1, wasm, s_dtype, out_dtype)
     blocks = k // (LANES * PER_WORD)
 
     @T.prim_func(private=True)
     def kernel(
-        x: T.Buffer(x_shape, "float32"),
+        x: T.Buffer(x_shape, x_dtype),
         w: T.Buffer((n, words_per_row), "uint32"),
-        s: T.Buffer((n, groups), "float32"),
-        out: T.Buffer(out_shape, "float32"),
+        s: T.Buffer((n, groups), s_dtype),
+        out: T.Buffer(out_shape, out_dtype),
     ) -> None:
         T.func_attr({"tirx.noalias": True})
-        xf = T.decl_buffer((k,), "float32", data=x.data)
-        of = T.decl_buffer((n,), "float32", data=out.data)
+        xf = T.decl_buffer((k,), x_dtype, data=x.data)
+        of = T.decl_buffer((n,), out_dtype, data=out.data)
         xs = T.alloc_buffer((1, blocks, PER_WORD, LANES), "float32")
         xm = T.alloc_buffer((1, blocks, LANES), "float32")
         mk = T.alloc_buffer((PER_WORD, LANES), "uint32")
@@ -124,7 +155,7 @@ def q4_gemv(
     return kernel
 
 
-def _q4_prescale(k: int, wasm: bool = False) -> Any:
+def _q4_prescale(k: int, wasm: bool = False, x_dtype: str = "float32") -> Any:
     """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
     ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
     ``q4_gemv``), and on wasm32 the masks ``mk[e, lane] = 15 << 4 e`` (see ``_q4_row_dots``)."""
@@ -139,18 +170,27 @@ def _q4_prescale(k: int, wasm: bool = False) -> Any:
             mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
         for r, b, e, lane in T.grid(rows, blocks, PER_WORD, LANES):
             # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
-            xs[r, b, e, lane] = xf[r * k + 64 * b + 8 * lane + e] * T.reinterpret(
+            xs[r, b, e, lane] = _f32(x_dtype, xf[r * k + 64 * b + 8 * lane + e]) * T.reinterpret(
                 "float32", T.shift_left(T.if_then_else(e == top, 127, 127 - 4 * e), 23)
             )
         for r, b, lane in T.grid(rows, blocks, LANES):
             xm[r, b, lane] = T.float32(0)
             for e in range(PER_WORD):
-                xm[r, b, lane] = xm[r, b, lane] - T.float32(7) * xf[r * k + 64 * b + 8 * lane + e]
+                xm[r, b, lane] = xm[r, b, lane] - T.float32(7) * _f32(
+                    x_dtype, xf[r * k + 64 * b + 8 * lane + e]
+                )
 
     return prescale
 
 
-def _q4_row_dots(n: int, k: int, rows: int, wasm: bool = False) -> Any:
+def _q4_row_dots(
+    n: int,
+    k: int,
+    rows: int,
+    wasm: bool = False,
+    s_dtype: str = "float32",
+    out_dtype: str = "float32",
+) -> Any:
     """A macro computing ``out[r0 + i, row]`` for ``i < rows`` from weight row ``row``: each
     decoded word feeds all those rows (see ``q4_gemv``); the accumulators stay on the stack
     (scope "global" under 1 KiB is an alloca on the CPU; "local" would be a workspace call).
@@ -199,9 +239,11 @@ def _q4_row_dots(n: int, k: int, rows: int, wasm: bool = False) -> Any:
             for i in T.unroll(rows):
                 for lane in T.vectorized(LANES):
                     # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
-                    acc[i, lane] = acc[i, lane] + s[row, b * 2 + lane // 4] * part[i, lane]
+                    acc[i, lane] = (
+                        acc[i, lane] + _f32(s_dtype, s[row, b * 2 + lane // 4]) * part[i, lane]
+                    )
         for i in T.unroll(rows):
-            of[(r0 + i) * n + row] = lane_sum(acc, i)
+            of[(r0 + i) * n + row] = _cast(out_dtype, lane_sum(acc, i))
 
     @T.macro
     def tree_dot(w: Any, s: Any, xs: Any, xm: Any, mk: Any, of: Any, row: Any, r0: Any) -> None:
@@ -210,20 +252,20 @@ def _q4_row_dots(n: int, k: int, rows: int, wasm: bool = False) -> Any:
             acc[lane] = T.float32(0)
         for b in range(blocks):
             for lane in T.vectorized(LANES):
-                acc[lane] = acc[lane] + s[row, b * 2 + lane // 4] * (
+                acc[lane] = acc[lane] + _f32(s_dtype, s[row, b * 2 + lane // 4]) * (
                     xm[r0, b, lane]
                     + _pairwise(
                         [code(w, mk, row, b, lane, e) * xs[r0, b, e, lane] for e in range(PER_WORD)]
                     )
                 )
-        of[r0 * n + row] = lane_sum(acc)
+        of[r0 * n + row] = _cast(out_dtype, lane_sum(acc))
 
     return tree_dot if wasm and rows == 1 else row_dots
 
 
-def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
+def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "float32") -> Any:
     """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
-    module doc): packed from ``pack_rows`` rows on."""
+    module doc): packed from ``pack_rows`` rows on; float32 inputs, ``out_dtype`` outputs."""
     from tvm.script import tirx as T
 
     @T.macro
@@ -239,7 +281,7 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
                         acc[i, j] = acc[i, j] + xf[(blk * mr + i) * k + kk] * panel[kk, j]
             for i in T.unroll(mr):
                 for j in T.vectorized(NR):
-                    of[(blk * mr + i) * n + col0 * NR + j] = acc[i, j]
+                    of[(blk * mr + i) * n + col0 * NR + j] = _cast(out_dtype, acc[i, j])
         for row in range(rows // mr * mr, rows):
             acc1 = T.alloc_buffer((NR,), "float32")
             for j in T.vectorized(NR):
@@ -248,7 +290,7 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
                 for j in T.vectorized(NR):
                     acc1[j] = acc1[j] + xf[row * k + kk] * panel[kk, j]
             for j in T.vectorized(NR):
-                of[row * n + col0 * NR + j] = acc1[j]
+                of[row * n + col0 * NR + j] = _cast(out_dtype, acc1[j])
 
     def dots(rows: int, cols: int) -> Any:
         """``cols`` adjacent columns of ``rows`` rows as dot products, the sum along k split
@@ -291,7 +333,7 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
                 for c in T.unroll(cols):
                     for lane in T.vectorized(LANES):
                         red[r, c, lane] = part_sum(acc, parts, r, c, lane)
-                    of[(row0 + r) * n + col + c] = lane_sum(red, r, c)
+                    of[(row0 + r) * n + col + c] = _cast(out_dtype, lane_sum(red, r, c))
 
         return run
 
@@ -361,25 +403,29 @@ def gemm_f32(n: int, k: int, wasm: bool = False) -> Any:
     return kernel
 
 
-def gemm_q4(n: int, k: int, wasm: bool = False) -> Any:
+def gemm_q4(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F32) -> Any:
     """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
     on (wasm32: ``WASM_Q4_PACK_ROWS``; or when ``k`` is not a multiple of 64), each task first
     dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile, and
     packs it from there. With fewer rows that copy cost more than the products (batch 2 took 3x
     one row's GEMV): the rows go through ``q4_gemv``'s kernel instead, ``Q4_ROWS_AT_ONCE`` rows
     sharing each decoded word. ``wasm``: a ``WASM_MR`` x 16 register block and the GEMV's wasm
-    order."""
+    order. ``dtypes``: as ``q4_gemv``'s (float16 inputs are widened into a float32 copy first
+    where the rows are packed)."""
     from tvm.script import tirx as T
 
+    x_dtype, s_dtype, out_dtype = dtypes
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     pack_rows = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
-    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR)
+    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR, out_dtype)
     blocks = k // (LANES * PER_WORD)
-    prescale = _q4_prescale(k, wasm)
-    row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r, wasm) for r in (Q4_ROWS_AT_ONCE, 2, 1))
+    prescale = _q4_prescale(k, wasm, x_dtype)
+    row_dots, row_pair, row_dot = (
+        _q4_row_dots(n, k, r, wasm, s_dtype, out_dtype) for r in (Q4_ROWS_AT_ONCE, 2, 1)
+    )
 
     @T.macro
-    def tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
+    def f32_tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
         for col0 in T.parallel(n // NR):
             tile = T.alloc_buffer((NR, k), "float32")
             for j, word in T.grid(NR, k // PER_WORD):
@@ -393,8 +439,17 @@ def gemm_q4(n: int, k: int, wasm: bool = False) -> Any:
                             ),
                         )
                         - T.float32(7)
-                    ) * s[col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE]
+                    ) * _f32(s_dtype, s[col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE])
             task(xf, of, tile, 0, col0, rows)
+
+    @T.macro
+    def widened_tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
+        x32 = T.alloc_buffer((rows * k,), "float32")
+        for i in range(rows * k):
+            x32[i] = T.Cast("float32", xf[i])
+        f32_tiles(x32, of, q, s, rows)
+
+    tiles = f32_tiles if x_dtype == "float32" else widened_tiles
 
     @T.macro
     def few_rows(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
@@ -426,16 +481,16 @@ def gemm_q4(n: int, k: int, wasm: bool = False) -> Any:
     def kernel(
         var_x: T.handle,
         q: T.Buffer((n, words_per_row), "uint32"),
-        s: T.Buffer((n, groups), "float32"),
+        s: T.Buffer((n, groups), s_dtype),
         var_out: T.handle,
     ) -> None:
         T.func_attr({"tirx.noalias": True})
         d0 = T.int64()
         d1 = T.int64()
-        x = T.match_buffer(var_x, (d0, d1, k), "float32")
-        out = T.match_buffer(var_out, (d0, d1, n), "float32")
-        xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
-        of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
+        x = T.match_buffer(var_x, (d0, d1, k), x_dtype)
+        out = T.match_buffer(var_out, (d0, d1, n), out_dtype)
+        xf = T.decl_buffer((d0 * d1 * k,), x_dtype, data=x.data)
+        of = T.decl_buffer((d0 * d1 * n,), out_dtype, data=out.data)
         dispatch(xf, of, q, s, d0 * d1)
 
     return kernel

@@ -23,6 +23,11 @@ group_quant.py) gets one of two schedules:
   dequantized once into a small local buffer (L1-sized) and reused by every activation row,
   then each row's dot products run as in the GEMV.
 
+4-bit kernels with float16 activations and scales (q4f16_1) get the same hand-written kernels,
+which widen every load and sum in float32 (the generic kernel summed in float16, converting at
+every step on CPUs without float16 arithmetic: 7x slower); on SSE2 their GEMMs keep the TIR
+schedule and its float16 sums.
+
 Results move by float rounding only (the sums are reassociated), within the tolerances the
 numerics tests use. Kernels these schedules do not recognise are left as they are.
 """
@@ -121,11 +126,21 @@ def _operands(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> list[Any]
         return None
     if not all(p.same_as(b) for p, b in zip(params, operands, strict=True)):
         return None
-    # (x, w, out) or (x, words, scales, out)
-    want = ["float32"] * 3 if dequant is None else ["float32", "uint32", "float32", "float32"]
-    if [str(b.dtype) for b in operands] != want:
+    # (x, w, out) all float32, or (x, words, scales, out) with float32 or float16 (q4f16_1)
+    # activations, scales and outputs
+    dtypes = [str(b.dtype) for b in operands]
+    if dequant is None:
+        return operands if dtypes == ["float32"] * 3 else None
+    floats = {"float32", "float16"}
+    if dtypes[1] != "uint32" or not {dtypes[0], dtypes[2], dtypes[3]} <= floats:
         return None
     return operands
+
+
+def _dtypes(operands: list[Any]) -> tuple[str, str, str]:
+    """(input, scales, output) dtypes of a 4-bit kernel's operands."""
+    x, _, scales, out = operands
+    return str(x.dtype), str(scales.dtype), str(out.dtype)
 
 
 def _static(buffer: Any) -> list[int] | None:
@@ -147,7 +162,7 @@ def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any, wasm: bool) -> Any |
         return None
     if (tuple(w_shape), tuple(s_shape)) != quantized_shapes((n, k)):
         return None
-    return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape), wasm)
+    return cpu_kernels.q4_gemv(n, k, tuple(x_shape), tuple(out_shape), wasm, _dtypes(operands))
 
 
 def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = False) -> Any | None:
@@ -165,7 +180,7 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = Fal
         return cpu_kernels.gemm_f32(n, k, wasm) if weights == [[n, k]] else None
     if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
-    return cpu_kernels.gemm_q4(n, k, wasm)
+    return cpu_kernels.gemm_q4(n, k, wasm, _dtypes(operands))
 
 
 def _schedule_gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> None:
