@@ -108,7 +108,7 @@ def _decode_args(cache: PagedCache, q: np.ndarray, rotary: int) -> list[Any]:
     q_rope = np.array(cache.lengths, np.int32) - 1
     return [
         _t(q), _t(cache.pages), _t(cache.indptr), _t(cache.values), _t(cache.last_len),
-        _t(k_rope), _t(q_rope), _t(np.zeros((b, hq, dim), np.float32)),
+        _t(k_rope), _t(q_rope), _t(np.zeros((b, hq, dim), q.dtype)),
         _t(np.zeros((b, hq), np.float32)), rotary, 1.0, 10000.0, 1 / np.sqrt(dim),
     ]  # fmt: skip
 
@@ -158,7 +158,7 @@ def _paged_prefill_args(
     return [
         _t(q), _t(q_indptr), _t(cache.pages), _t(cache.indptr), _t(cache.values),
         _t(cache.last_len), _t(np.zeros(len(q_lens), np.int32)), _t(q_rope),
-        _t(np.zeros((total, hq, dim), np.float32)), _t(np.zeros((total, hq), np.float32)),
+        _t(np.zeros((total, hq, dim), q.dtype)), _t(np.zeros((total, hq), np.float32)),
         causal, rotary, 1.0, 10000.0, 1 / np.sqrt(dim),
     ]  # fmt: skip
 
@@ -204,7 +204,7 @@ def _ragged_args(
     positions = np.concatenate([np.arange(n) for n in lens]).astype(np.int32)
     return [
         _t(q), _t(indptr), _t(k), _t(v), _t(indptr), _t(positions),
-        _t(np.zeros(len(lens), np.int32)), _t(np.zeros((total, hq, dim), np.float32)),
+        _t(np.zeros(len(lens), np.int32)), _t(np.zeros((total, hq, dim), q.dtype)),
         _t(np.zeros((total, hq), np.float32)), causal, rotary, 1.0, 10000.0, 1 / np.sqrt(dim),
     ]  # fmt: skip
 
@@ -261,8 +261,8 @@ def test_ragged_prefill_with_inline_rope_matches_numpy() -> None:
 def _split_args(qkv: np.ndarray, positions: np.ndarray, hq: int, hk: int, apply: int) -> list:
     n, _, dim = qkv.shape
     return [
-        _t(qkv), _t(positions), _t(np.zeros((n, hq, dim), np.float32)),
-        _t(np.zeros((n, hk, dim), np.float32)), _t(np.zeros((n, hk, dim), np.float32)), apply,
+        _t(qkv), _t(positions), _t(np.zeros((n, hq, dim), qkv.dtype)),
+        _t(np.zeros((n, hk, dim), qkv.dtype)), _t(np.zeros((n, hk, dim), qkv.dtype)), apply,
     ]  # fmt: skip
 
 
@@ -314,6 +314,72 @@ def test_split_rotary_llama3_scaling_matches_tvm() -> None:
     plain = _split_args(qkv, positions, hq, hk, apply=1)
     _build(cpu_attention.split_rotary(500000.0, 1.0, dim, hq, hk, {}), "native")(*plain)
     assert np.abs(plain[2].numpy() - ours[2].numpy()).max() > 1e-2
+
+
+# float16 caches (q4f16_1 and q0f16 models): data widened as it is loaded, float32 arithmetic,
+# each output rounded once to float16 (half an ulp: 2**-11 relative, outputs here are below 4),
+# lse float32. TVM's float16 CPU kernels also keep their scratch in float32; these are checked
+# against float64 references computed from the same float16 values.
+F16_TOL = 2e-3
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_float16_attention_matches_numpy(cpu: str) -> None:
+    hq, hk, dim = HEADS[0]
+    rng = np.random.default_rng(16)
+    lengths = [1, 17, 70]
+    cache = PagedCache(lengths, hk, dim, rng)
+    cache.pages = cache.pages.astype(np.float16)
+    q = rng.standard_normal((len(lengths), hq, dim)).astype(np.float16)
+    args = _decode_args(cache, q, rotary=0)
+    _build(cpu_attention.paged_decode_attention(hk, hq, dim, {}, "float16"), cpu)(*args)
+    assert args[7].numpy().dtype == np.float16 and args[8].numpy().dtype == np.float32
+    for seq in range(len(lengths)):
+        k, v = cache.kv(seq)
+        want, want_lse = attention_ref(q[seq : seq + 1].astype(np.float64), k, v, causal=False)
+        np.testing.assert_allclose(args[7].numpy()[seq], want[0], atol=F16_TOL)
+        np.testing.assert_allclose(args[8].numpy()[seq], want_lse[0], atol=5 * TOL)
+
+    q_lens = [1, 17, 5]
+    q = rng.standard_normal((sum(q_lens), hq, dim)).astype(np.float16)
+    args = _paged_prefill_args(cache, q, q_lens, causal=1, rotary=0)
+    _build(cpu_attention.paged_prefill_attention(hk, hq, dim, {}, "float16"), cpu)(*args)
+    start = 0
+    for seq, n in enumerate(q_lens):
+        k, v = cache.kv(seq)
+        want, want_lse = attention_ref(q[start : start + n].astype(np.float64), k, v, causal=True)
+        np.testing.assert_allclose(args[8].numpy()[start : start + n], want, atol=F16_TOL)
+        np.testing.assert_allclose(args[9].numpy()[start : start + n], want_lse, atol=5 * TOL)
+        start += n
+
+    lens = [7, 38]
+    q, k, v = (
+        rng.standard_normal((sum(lens), heads, dim)).astype(np.float16) for heads in (hq, hk, hk)
+    )
+    args = _ragged_args(q, k, v, lens, causal=1, rotary=0)
+    _build(cpu_attention.ragged_prefill_attention(hk, hq, dim, {}, "float16"), cpu)(*args)
+    start = 0
+    for n in lens:
+        part = slice(start, start + n)
+        want, want_lse = attention_ref(q[part].astype(np.float64), k[part], v[part], causal=True)
+        np.testing.assert_allclose(args[7].numpy()[part], want, atol=F16_TOL)
+        np.testing.assert_allclose(args[8].numpy()[part], want_lse, atol=5 * TOL)
+        start += n
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_float16_split_rotary_matches_numpy(cpu: str) -> None:
+    hq, hk, dim = HEADS[0]
+    rng = np.random.default_rng(17)
+    qkv = rng.standard_normal((4, hq + 2 * hk, dim)).astype(np.float16)
+    positions = np.array([0, 3, 70, 500], np.int32)
+    args = _split_args(qkv, positions, hq, hk, apply=1)
+    _build(cpu_attention.split_rotary(10000.0, 1.0, dim, hq, hk, {}, "float16"), cpu)(*args)
+    want = rope_ref(qkv.astype(np.float64), positions, 10000.0)
+    assert args[2].numpy().dtype == np.float16
+    np.testing.assert_allclose(args[2].numpy(), want[:, :hq], atol=F16_TOL)
+    np.testing.assert_allclose(args[3].numpy(), want[:, hq : hq + hk], atol=F16_TOL)
+    np.testing.assert_array_equal(args[4].numpy(), qkv[:, hq + hk :])
 
 
 def test_exp2_polynomial_is_exact_to_float32() -> None:

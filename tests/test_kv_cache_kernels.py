@@ -13,14 +13,16 @@ import pytest
 pytestmark = pytest.mark.heavy
 
 
-def _export(arch: str, target: Any, overrides: dict[str, Any] | None = None) -> Any:
+def _export(
+    arch: str, target: Any, overrides: dict[str, Any] | None = None, dtype: str = "float32"
+) -> Any:
     from mlcpatch.build.compile import export_model
     from mlcpatch.build.model_module import import_model_file, instantiate
     from mlcpatch.models.registry import builtin_model_file, get_arch
 
     info = get_arch(arch)
     module = import_model_file(builtin_model_file(arch))
-    model = instantiate(info, module, {**info.tiny_config(), **(overrides or {})}, "float32")[1]
+    model = instantiate(info, module, {**info.tiny_config(), **(overrides or {})}, dtype)[1]
     return export_model(model, target)[0]
 
 
@@ -56,14 +58,15 @@ def test_cpu_export_keeps_tvm_cpu_merge_kernel() -> None:
     assert "tir_attention_merge_state" not in funcs
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral", "gemma3"])
-def test_cpu_export_uses_hand_written_attention_kernels(arch: str) -> None:
+def test_cpu_export_uses_hand_written_attention_kernels(arch: str, dtype: str) -> None:
     """CPU builds carry mlcpatch/build/cpu_attention.py's kernels in place of TVM's scalar
-    ones, under TVM's kernels' symbols; sliding-window ones stay TVM's."""
+    ones, under TVM's kernels' symbols, float16 models too; sliding-window ones stay TVM's."""
     from tvm import tirx
     from tvm.target import Target
 
-    mod = _export(arch, Target({"kind": "llvm"}))
+    mod = _export(arch, Target({"kind": "llvm"}), dtype=dtype)
     made = {
         gvar.name_hint: str(func.attrs["mlcpatch.kernel"])
         for gvar, func in mod.functions_items()

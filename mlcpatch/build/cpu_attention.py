@@ -17,7 +17,8 @@ for every element of every head).
   frequency functions, so every RoPE scaling it knows gives the same angles), applied to all
   query and key heads with vector arithmetic.
 
-``install`` swaps them into the module being built, for float32 caches on CPU targets
+``install`` swaps them into the module being built, for float32 and float16 caches (float16 data
+widened as it is loaded, float32 arithmetic) on CPU targets
 (native and wasm32); sliding-window layers and other dtypes keep TVM's kernels.
 """
 
@@ -29,6 +30,9 @@ from typing import Any
 CHUNK = 16  # key/value rows per online-softmax step: one KV-cache page
 LANES = 8  # f32 lanes of one AVX2 register (two SSE2 / wasm SIMD ones)
 LOG2E = math.log2(math.e)  # the kernels' softmax is in base 2, as TVM's
+# Cache dtypes the kernels take: float16 data is widened on load, the arithmetic is float32 (as
+# in TVM's CPU kernels, whose scratch is float32), the outputs rounded once.
+DTYPES = ("float32", "float16")
 
 # 2**f on [-1, 0] as a degree-7 polynomial (least squares on Chebyshev nodes; relative error
 # about 1e-9, below float32 rounding): exp2 without a libm call per score, so it vectorizes.
@@ -62,6 +66,22 @@ def _exp2(x: Any) -> Any:
     return poly * tirx.reinterpret("float32", bits)
 
 
+def _wide(buf: Any, index: Any) -> Any:
+    """``buf[index]`` as float32: float16 caches and activations are widened as they are
+    loaded (exact), so every product and sum stays float32 (CPUs have no float16 arithmetic)."""
+    from tvm import tirx
+
+    value = buf[index]
+    return value if str(buf.dtype) == "float32" else tirx.Cast("float32", value)
+
+
+def _narrow(buf: Any, value: Any) -> Any:
+    """A float32 ``value`` to store in ``buf``: rounded once to its dtype."""
+    from tvm import tirx
+
+    return value if str(buf.dtype) == "float32" else tirx.Cast(str(buf.dtype), value)
+
+
 # RoPE variants whose frequency function takes (position, d, rotary_dim, theta, dtype) and pairs
 # d with d +- rotary_dim / 2 (gptj pairs neighbours; longrope takes a factors tensor).
 _TABLE_ROPES = (None, "llama3", "llama4", "yarn")
@@ -90,8 +110,10 @@ def _rotated(buf: Any, idx: tuple[Any, ...], pos: Any, dim: int, theta: Any, sca
     d = idx[-1]
     cos, sin = (_rope_angle(scaling, which, pos, d, dim, theta) for which in (0, 1))
     half = dim // 2
-    partner = tirx.if_then_else(d < half, -buf[(*idx[:-1], d + half)], buf[(*idx[:-1], d - half)])
-    return cos * buf[idx] + sin * partner
+    partner = tirx.if_then_else(
+        d < half, -_wide(buf, (*idx[:-1], d + half)), _wide(buf, (*idx[:-1], d - half))
+    )
+    return cos * _wide(buf, idx) + sin * partner
 
 
 def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) -> Any:
@@ -130,7 +152,7 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                     )
             else:
                 for d in T.vectorized(dim):
-                    qs[g, d] = qscale * query[row, kv_head * group + g, d]
+                    qs[g, d] = qscale * _wide(query, (row, kv_head * group + g, d))
             for d in T.vectorized(dim):
                 acc_o[g, d] = T.float32(0)
             run_max[g] = T.float32(-5e4)
@@ -149,10 +171,8 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
             for c in range(chunks):
                 for i in T.unroll(4):
                     for lane in T.vectorized(LANES):
-                        dot[i, lane] = (
-                            dot[i, lane]
-                            + qs[g, c * LANES + lane]
-                            * kf[k_base + (quad * 4 + i) * k_stride + c * LANES + lane]
+                        dot[i, lane] = dot[i, lane] + qs[g, c * LANES + lane] * _wide(
+                            kf, k_base + (quad * 4 + i) * k_stride + c * LANES + lane
                         )
             for i in T.unroll(4):
                 for lane in T.vectorized(4):
@@ -163,10 +183,8 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                 dot[0, lane] = T.float32(0)
             for c in range(chunks):
                 for lane in T.vectorized(LANES):
-                    dot[0, lane] = (
-                        dot[0, lane]
-                        + qs[g, c * LANES + lane]
-                        * kf[k_base + (rows // 4 * 4 + r) * k_stride + c * LANES + lane]
+                    dot[0, lane] = dot[0, lane] + qs[g, c * LANES + lane] * _wide(
+                        kf, k_base + (rows // 4 * 4 + r) * k_stride + c * LANES + lane
                     )
             for lane in T.vectorized(4):
                 dot[0, lane] = dot[0, lane] + dot[0, lane + 4]
@@ -188,14 +206,14 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                 acc_o[g, d] = acc_o[g, d] * rescale
             for r in range(rows):
                 for d in T.vectorized(dim):
-                    acc_o[g, d] = acc_o[g, d] + score[g, r] * vf[v_base + r * v_stride + d]
+                    acc_o[g, d] = acc_o[g, d] + score[g, r] * _wide(vf, v_base + r * v_stride + d)
 
     @T.macro
     def finish(st: Any, output: Any, lse: Any, row: Any, kv_head: Any) -> None:
         acc_o, run_max, run_sum = st[1], st[2], st[3]
         for g in range(group):
             for d in T.vectorized(dim):
-                output[row, kv_head * group + g, d] = acc_o[g, d] / run_sum[g]
+                output[row, kv_head * group + g, d] = _narrow(output, acc_o[g, d] / run_sum[g])
             lse[row, kv_head * group + g] = run_max[g] + T.log2(run_sum[g])
 
     @T.macro
@@ -248,8 +266,9 @@ def paged_decode_attention(
     num_qo_heads: int,
     head_dim: int,
     rope_scaling: dict[str, Any],
+    dtype: str = "float32",
 ) -> Any:
-    """Decode attention over the paged cache (no sliding window), float32, ``head_dim`` a
+    """Decode attention over the paged cache (no sliding window), ``dtype`` data, ``head_dim`` a
     multiple of 8; arguments as TVM's ``batch_decode_paged_kv_cpu``."""
     from tvm.script import tirx as T
 
@@ -282,16 +301,16 @@ def paged_decode_attention(
         off_last = T.int32()
         off_krope = T.int32()
         off_qrope = T.int32()
-        query = T.match_buffer(q_handle, (batch, hq, dim), "float32")
-        pages = T.match_buffer(pages_handle, (max_pages, 2, hk, psz, dim), "float32")
+        query = T.match_buffer(q_handle, (batch, hq, dim), dtype)
+        pages = T.match_buffer(pages_handle, (max_pages, 2, hk, psz, dim), dtype)
         indptr = T.match_buffer(indptr_handle, (batch + 1,), "int32", elem_offset=off_indptr)
         values = T.match_buffer(values_handle, (nnz_pages,), "int32", elem_offset=off_values)
         last_len = T.match_buffer(last_len_handle, (batch,), "int32", elem_offset=off_last)
         k_rope = T.match_buffer(k_rope_handle, (batch,), "int32", elem_offset=off_krope)
         q_rope = T.match_buffer(q_rope_handle, (batch,), "int32", elem_offset=off_qrope)
-        output = T.match_buffer(out_handle, (batch, hq, dim), "float32")
+        output = T.match_buffer(out_handle, (batch, hq, dim), dtype)
         lse = T.match_buffer(lse_handle, (batch, hq), "float32")
-        flat = T.decl_buffer((max_pages * 2 * hk * psz * dim,), "float32", data=pages.data)
+        flat = T.decl_buffer((max_pages * 2 * hk * psz * dim,), dtype, data=pages.data)
         for task in T.parallel(batch * hk):
             st = _scratch(group, dim)
             keys = T.alloc_buffer((psz * dim,), "float32")  # rotated keys (inline RoPE only)
@@ -314,10 +333,11 @@ def paged_prefill_attention(
     num_qo_heads: int,
     head_dim: int,
     rope_scaling: dict[str, Any],
+    dtype: str = "float32",
 ) -> Any:
     """Queries of several positions per sequence against the sequence's cached pages (no
     sliding window; ``causal`` masks as TVM's: row ``i`` of ``n`` sees ``len - n + i + 1``
-    positions), float32; arguments as TVM's ``batch_prefill_paged_kv_cpu``."""
+    positions), ``dtype`` data; arguments as TVM's ``batch_prefill_paged_kv_cpu``."""
     from tvm.script import tirx as T
 
     hq, hk, dim, psz = num_qo_heads, num_kv_heads, head_dim, CHUNK
@@ -353,17 +373,17 @@ def paged_prefill_attention(
         off_last = T.int32()
         off_krope = T.int32()
         off_qrope = T.int32()
-        query = T.match_buffer(q_handle, (total, hq, dim), "float32")
+        query = T.match_buffer(q_handle, (total, hq, dim), dtype)
         q_indptr = T.match_buffer(q_indptr_handle, (batch + 1,), "int32", elem_offset=off_qindptr)
-        pages = T.match_buffer(pages_handle, (max_pages, 2, hk, psz, dim), "float32")
+        pages = T.match_buffer(pages_handle, (max_pages, 2, hk, psz, dim), dtype)
         indptr = T.match_buffer(indptr_handle, (batch + 1,), "int32", elem_offset=off_indptr)
         values = T.match_buffer(values_handle, (nnz_pages,), "int32", elem_offset=off_values)
         last_len = T.match_buffer(last_len_handle, (batch,), "int32", elem_offset=off_last)
         k_rope = T.match_buffer(k_rope_handle, (batch,), "int32", elem_offset=off_krope)
         q_rope = T.match_buffer(q_rope_handle, (total,), "int32", elem_offset=off_qrope)
-        output = T.match_buffer(out_handle, (total, hq, dim), "float32")
+        output = T.match_buffer(out_handle, (total, hq, dim), dtype)
         lse = T.match_buffer(lse_handle, (total, hq), "float32")
-        flat = T.decl_buffer((max_pages * 2 * hk * psz * dim,), "float32", data=pages.data)
+        flat = T.decl_buffer((max_pages * 2 * hk * psz * dim,), dtype, data=pages.data)
         for seq in range(batch):
             q_first = q_indptr[seq]
             q_len = q_indptr[seq + 1] - q_first
@@ -390,9 +410,10 @@ def ragged_prefill_attention(
     num_qo_heads: int,
     head_dim: int,
     rope_scaling: dict[str, Any],
+    dtype: str = "float32",
 ) -> Any:
     """Queries against keys/values given as ragged arrays (the positions being prefilled),
-    ``causal`` as in ``paged_prefill_attention``, float32, same head dim for keys and values;
+    ``causal`` as in ``paged_prefill_attention``, ``dtype`` data, one head dim for keys and values;
     arguments as TVM's ``batch_prefill_ragged_kv`` (CPU)."""
     from tvm.script import tirx as T
 
@@ -425,19 +446,19 @@ def ragged_prefill_attention(
         off_kvindptr = T.int32()
         off_qrope = T.int32()
         off_krope = T.int32()
-        query = T.match_buffer(q_handle, (q_total, hq, dim), "float32")
+        query = T.match_buffer(q_handle, (q_total, hq, dim), dtype)
         q_indptr = T.match_buffer(q_indptr_handle, (batch + 1,), "int32", elem_offset=off_qindptr)
-        key = T.match_buffer(k_handle, (kv_total, hk, dim), "float32")
-        value = T.match_buffer(v_handle, (kv_total, hk, dim), "float32")
+        key = T.match_buffer(k_handle, (kv_total, hk, dim), dtype)
+        value = T.match_buffer(v_handle, (kv_total, hk, dim), dtype)
         kv_indptr = T.match_buffer(
             kv_indptr_handle, (batch + 1,), "int32", elem_offset=off_kvindptr
         )
         q_rope = T.match_buffer(q_rope_handle, (q_total,), "int32", elem_offset=off_qrope)
         k_rope = T.match_buffer(k_rope_handle, (batch,), "int32", elem_offset=off_krope)
-        output = T.match_buffer(out_handle, (q_total, hq, dim), "float32")
+        output = T.match_buffer(out_handle, (q_total, hq, dim), dtype)
         lse = T.match_buffer(lse_handle, (q_total, hq), "float32")
-        kf = T.decl_buffer((kv_total * hk * dim,), "float32", data=key.data)
-        vf = T.decl_buffer((kv_total * hk * dim,), "float32", data=value.data)
+        kf = T.decl_buffer((kv_total * hk * dim,), dtype, data=key.data)
+        vf = T.decl_buffer((kv_total * hk * dim,), dtype, data=value.data)
         for seq in range(batch):
             q_first = q_indptr[seq]
             q_len = q_indptr[seq + 1] - q_first
@@ -479,9 +500,10 @@ def split_rotary(
     num_q_heads: int,
     num_kv_heads: int,
     rope_scaling: dict[str, Any],
+    dtype: str = "float32",
 ) -> Any:
-    """Fused q/k/v split with RoPE on q and k (rotary dim = head dim), float32; arguments as
-    TVM's ``llama_rope_with_position_map`` kernel."""
+    """Fused q/k/v split with RoPE on q and k (rotary dim = head dim), float32 arithmetic on
+    ``dtype`` data; arguments as TVM's ``llama_rope_with_position_map`` kernel."""
     from tvm import tirx
     from tvm.script import tirx as T
 
@@ -503,10 +525,10 @@ def split_rotary(
         T.func_attr({"tirx.noalias": True})
         seq_len = T.int32()
         off_pos = T.int32()
-        qkv = T.match_buffer(qkv_handle, (seq_len, heads, dim), "float32")
-        q = T.match_buffer(q_handle, (seq_len, hq, dim), "float32")
-        k = T.match_buffer(k_handle, (seq_len, hk, dim), "float32")
-        v = T.match_buffer(v_handle, (seq_len, hk, dim), "float32")
+        qkv = T.match_buffer(qkv_handle, (seq_len, heads, dim), dtype)
+        q = T.match_buffer(q_handle, (seq_len, hq, dim), dtype)
+        k = T.match_buffer(k_handle, (seq_len, hk, dim), dtype)
+        v = T.match_buffer(v_handle, (seq_len, hk, dim), dtype)
         position = T.match_buffer(pos_handle, (seq_len,), "int32", elem_offset=off_pos)
         for s in T.parallel(seq_len):
             cos = T.alloc_buffer((dim,), "float32")
@@ -525,15 +547,25 @@ def split_rotary(
                     sin[d] = T.float32(0)
             for h in range(hq):
                 for d in T.vectorized(half):
-                    q[s, h, d] = cos[d] * qkv[s, h, d] + sin[d] * qkv[s, h, d + half]
-                    q[s, h, d + half] = (
-                        cos[d + half] * qkv[s, h, d + half] + sin[d + half] * qkv[s, h, d]
+                    q[s, h, d] = _narrow(
+                        q, cos[d] * _wide(qkv, (s, h, d)) + sin[d] * _wide(qkv, (s, h, d + half))
+                    )
+                    q[s, h, d + half] = _narrow(
+                        q,
+                        cos[d + half] * _wide(qkv, (s, h, d + half))
+                        + sin[d + half] * _wide(qkv, (s, h, d)),
                     )
             for h in range(hk):
                 for d in T.vectorized(half):
-                    k[s, h, d] = cos[d] * qkv[s, hq + h, d] + sin[d] * qkv[s, hq + h, d + half]
-                    k[s, h, d + half] = (
-                        cos[d + half] * qkv[s, hq + h, d + half] + sin[d + half] * qkv[s, hq + h, d]
+                    k[s, h, d] = _narrow(
+                        k,
+                        cos[d] * _wide(qkv, (s, hq + h, d))
+                        + sin[d] * _wide(qkv, (s, hq + h, d + half)),
+                    )
+                    k[s, h, d + half] = _narrow(
+                        k,
+                        cos[d + half] * _wide(qkv, (s, hq + h, d + half))
+                        + sin[d + half] * _wide(qkv, (s, hq + h, d)),
                     )
             for h in range(hk):
                 for d in T.vectorized(dim):
@@ -558,7 +590,7 @@ def install(
     the module ``bb`` is building with this module's, where they apply; the names of the
     functions replaced. Each replacement carries the attribute ``mlcpatch.kernel`` naming the
     function that made it."""
-    if dtype != "float32" or head_dim % (2 * LANES) or num_qo_heads % num_kv_heads:
+    if dtype not in DTYPES or head_dim % (2 * LANES) or num_qo_heads % num_kv_heads:
         return []
     if v_head_dim != head_dim:
         return []  # the kernels assume one head dim for keys and values
@@ -570,7 +602,7 @@ def install(
         "tir_attention_prefill_ragged_cpu": ("ragged_prefill_attention", ragged_prefill_attention),
     }
     makers = {
-        name: (maker, lambda f=f: f(num_kv_heads, num_qo_heads, head_dim, rope_scaling))
+        name: (maker, lambda f=f: f(num_kv_heads, num_qo_heads, head_dim, rope_scaling, dtype))
         for name, (maker, f) in kernels.items()
     }
     # The split runs with or without RoPE (the cache passes apply_rope); only the angles vary.
@@ -578,7 +610,7 @@ def install(
         makers["tir_split_rotary"] = (
             "split_rotary",
             lambda: split_rotary(
-                rope_theta, rope_scale, head_dim, num_qo_heads, num_kv_heads, rope_scaling
+                rope_theta, rope_scale, head_dim, num_qo_heads, num_kv_heads, rope_scaling, dtype
             ),
         )
     for name, (maker, make) in makers.items():
