@@ -149,8 +149,6 @@ F16_CASES = [
     ("native", "batch"),  # the few-row path (the GEMV's kernel, rows sharing each word)
     ("native", "prefill"),  # 7 rows: the same
     ("native", "packed"),  # 40 rows: the input widened into a float32 copy, then packed
-    ("wasm", "decode"),  # the wasm32 order, compiled for this CPU (plain TIR)
-    ("wasm", "packed"),
 ]
 F16_ROWS = {"decode": (1, 1), "batch": (3, 1), "prefill": (1, 7), "packed": (1, 40)}
 
@@ -173,19 +171,53 @@ def test_q4_kernels_take_float16(cpu: str, kind: str, out_dtype: str) -> None:
     assert scales.dtype == np.float16
     x = rng.standard_normal((*F16_ROWS[kind], k)).astype(np.float16)
     func = _q4_f16_func(kind, n, k, out_dtype)
-    (llvm,) = parse_targets("llvm", "native" if cpu == "wasm" else cpu)
+    (llvm,) = parse_targets("llvm", cpu)
     wide = cpu_schedule.target_is_wide(llvm.make_target())
-    new = cpu_schedule.schedule_matmul(func, wide=wide, wasm=cpu == "wasm")
+    new = cpu_schedule.schedule_matmul(func, wide=wide)
     assert new is not None
     text = new.script()
     assert "T.parallel" in text and "T.vectorized" in text, text
     assert '"float16"' in text and '"float32"' in text  # widened loads, float32 arithmetic
     out = np.zeros((*x.shape[:-1], n), dtype=out_dtype)
-    got = _run(new, [x, words, scales, out], "native" if cpu == "wasm" else cpu)
+    got = _run(new, [x, words, scales, out], cpu)
     assert got.dtype == np.dtype(out_dtype)
     want = x.astype(np.float64) @ decode_words(words, scales.astype(np.float64), k).T
     err = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
     assert err < (REL_TOL if out_dtype == "float32" else 1e-3), f"relative error {err:.2e}"
+
+
+# q0f16: float16 weights and activations. Summed in float16 by the generic kernels (a
+# conversion at every step); on AVX2 + FMA the GEMM's kernels widen the loads instead, its
+# one-row path also taking decode (8 FMA chains, one weight column at a time).
+@pytest.mark.parametrize("out_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("kind", ["decode", "batch", "prefill", "packed"])
+def test_float16_weights_take_the_gemm(kind: str, out_dtype: str) -> None:
+    n, k = 48, 136  # three 16-column tasks; k a multiple of 8, not of a whole unrolled turn
+    rng = np.random.default_rng(len(kind))
+    x = rng.standard_normal((*F16_ROWS[kind], k)).astype(np.float16)
+    w = rng.standard_normal((n, k)).astype(np.float16)
+    xt = te.placeholder((*_rows("prefill" if kind == "packed" else kind), k), "float16", name="x")
+    wt = te.placeholder((n, k), "float16", name="w")
+    red = te.reduce_axis((0, k), name="k")
+    out_t = te.compute(
+        (*xt.shape[:-1], n),
+        lambda *i: te.sum(
+            xt[(*i[:-1], red)].astype(out_dtype) * wt[i[-1], red].astype(out_dtype), axis=red
+        ),
+        name="NT_matmul",
+    )
+    func = te.create_prim_func([xt, wt, out_t])
+    (llvm,) = parse_targets("llvm", "native")
+    assert cpu_schedule.target_is_wide(llvm.make_target())
+    new = cpu_schedule.schedule_matmul(func, wide=True)
+    assert new is not None and "panel" in new.script()  # the hand-written GEMM
+    got = _run(new, [x, w, np.zeros((*x.shape[:-1], n), dtype=out_dtype)], "native")
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    err = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
+    assert err < (REL_TOL if out_dtype == "float32" else 1e-3), f"relative error {err:.2e}"
+    # float32 matmuls keep LLVM's own GEMV, as before
+    if kind == "decode":
+        assert cpu_schedule.schedule_matmul(_f32_func("decode", n, k), wide=True) is None
 
 
 # The wasm32 GEMV (cpu_kernels.q4_gemv with wasm=True) is plain TIR: compiled for this CPU here, its

@@ -263,10 +263,15 @@ def _q4_row_dots(
     return tree_dot if wasm and rows == 1 else row_dots
 
 
-def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "float32") -> Any:
+def _gemm_task(
+    n: int, k: int, pack_rows: int, mr: int = MR, dtypes: tuple[str, str, str] = F32
+) -> Any:
     """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
-    module doc): packed from ``pack_rows`` rows on; float32 inputs, ``out_dtype`` outputs."""
+    module doc): packed from ``pack_rows`` rows on. ``dtypes``: of the input, the weights and
+    the output (float16 loads widened, float32 arithmetic)."""
     from tvm.script import tirx as T
+
+    x_dtype, w_dtype, out_dtype = dtypes
 
     @T.macro
     def packed_rows(xf: Any, of: Any, panel: Any, col0: Any, rows: Any) -> None:
@@ -278,7 +283,9 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "f
             for kk in range(k):
                 for i in T.unroll(mr):
                     for j in T.vectorized(NR):
-                        acc[i, j] = acc[i, j] + xf[(blk * mr + i) * k + kk] * panel[kk, j]
+                        acc[i, j] = (
+                            acc[i, j] + _f32(x_dtype, xf[(blk * mr + i) * k + kk]) * panel[kk, j]
+                        )
             for i in T.unroll(mr):
                 for j in T.vectorized(NR):
                     of[(blk * mr + i) * n + col0 * NR + j] = _cast(out_dtype, acc[i, j])
@@ -288,7 +295,7 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "f
                 acc1[j] = T.float32(0)
             for kk in range(k):
                 for j in T.vectorized(NR):
-                    acc1[j] = acc1[j] + xf[row * k + kk] * panel[kk, j]
+                    acc1[j] = acc1[j] + _f32(x_dtype, xf[row * k + kk]) * panel[kk, j]
             for j in T.vectorized(NR):
                 of[row * n + col0 * NR + j] = _cast(out_dtype, acc1[j])
 
@@ -315,20 +322,16 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "f
                     for c in T.unroll(cols):
                         for p in T.unroll(parts):
                             for lane in T.vectorized(LANES):
-                                acc[r, c, p, lane] = (
-                                    acc[r, c, p, lane]
-                                    + xf[(row0 + r) * k + kb * step + p * LANES + lane]
-                                    * w[w_row + c, kb * step + p * LANES + lane]
-                                )
+                                acc[r, c, p, lane] = acc[r, c, p, lane] + _f32(
+                                    x_dtype, xf[(row0 + r) * k + kb * step + p * LANES + lane]
+                                ) * _f32(w_dtype, w[w_row + c, kb * step + p * LANES + lane])
             for kb in range(k // step * parts, k // LANES):  # k not a multiple of step
                 for r in T.unroll(rows):
                     for c in T.unroll(cols):
                         for lane in T.vectorized(LANES):
-                            acc[r, c, 0, lane] = (
-                                acc[r, c, 0, lane]
-                                + xf[(row0 + r) * k + kb * LANES + lane]
-                                * w[w_row + c, kb * LANES + lane]
-                            )
+                            acc[r, c, 0, lane] = acc[r, c, 0, lane] + _f32(
+                                x_dtype, xf[(row0 + r) * k + kb * LANES + lane]
+                            ) * _f32(w_dtype, w[w_row + c, kb * LANES + lane])
             for r in T.unroll(rows):
                 for c in T.unroll(cols):
                     for lane in T.vectorized(LANES):
@@ -373,7 +376,7 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "f
         if rows >= pack_rows:
             panel = T.alloc_buffer((k, NR), "float32")
             for j, kk in T.grid(NR, k):
-                panel[kk, j] = w[w_row0 + j, kk]
+                panel[kk, j] = _f32(w_dtype, w[w_row0 + j, kk])
             packed_rows(xf, of, panel, col0, rows)
         else:
             direct_rows(xf, of, w, w_row0, col0, rows)
@@ -381,22 +384,24 @@ def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR, out_dtype: str = "f
     return task
 
 
-def gemm_f32(n: int, k: int, wasm: bool = False) -> Any:
-    """``out[a, b, :] = W @ x[a, b, :]`` for f32 ``W [n, k]``, any rows ``a x b``; ``n % 16 == 0``
-    and ``k % 8 == 0``. ``wasm``: a ``WASM_MR`` x 16 register block."""
+def gemm_f32(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F32) -> Any:
+    """``out[a, b, :] = W @ x[a, b, :]`` for float ``W [n, k]``, any rows ``a x b``; ``n % 16 ==
+    0`` and ``k % 8 == 0``. ``wasm``: a ``WASM_MR`` x 16 register block. ``dtypes``: of the
+    input, the weights and the output: float32, or float16 (q0f16), widened as loaded."""
     from tvm.script import tirx as T
 
-    task = _gemm_task(n, k, PACK_ROWS, WASM_MR if wasm else MR)
+    x_dtype, w_dtype, out_dtype = dtypes
+    task = _gemm_task(n, k, PACK_ROWS, WASM_MR if wasm else MR, dtypes)
 
     @T.prim_func(private=True)
-    def kernel(var_x: T.handle, w: T.Buffer((n, k), "float32"), var_out: T.handle) -> None:
+    def kernel(var_x: T.handle, w: T.Buffer((n, k), w_dtype), var_out: T.handle) -> None:
         T.func_attr({"tirx.noalias": True})
         d0 = T.int64()
         d1 = T.int64()
-        x = T.match_buffer(var_x, (d0, d1, k), "float32")
-        out = T.match_buffer(var_out, (d0, d1, n), "float32")
-        xf = T.decl_buffer((d0 * d1 * k,), "float32", data=x.data)
-        of = T.decl_buffer((d0 * d1 * n,), "float32", data=out.data)
+        x = T.match_buffer(var_x, (d0, d1, k), x_dtype)
+        out = T.match_buffer(var_out, (d0, d1, n), out_dtype)
+        xf = T.decl_buffer((d0 * d1 * k,), x_dtype, data=x.data)
+        of = T.decl_buffer((d0 * d1 * n,), out_dtype, data=out.data)
         for col0 in T.parallel(n // NR):
             task(xf, of, w, col0 * NR, col0, d0 * d1)
 
@@ -417,7 +422,8 @@ def gemm_q4(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F
     x_dtype, s_dtype, out_dtype = dtypes
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     pack_rows = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
-    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR, out_dtype)
+    # the task reads a float32 tile, and float32 inputs (float16 ones are widened first)
+    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR, ("float32", "float32", out_dtype))
     blocks = k // (LANES * PER_WORD)
     prescale = _q4_prescale(k, wasm, x_dtype)
     row_dots, row_pair, row_dot = (

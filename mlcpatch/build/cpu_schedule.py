@@ -23,10 +23,11 @@ group_quant.py) gets one of two schedules:
   dequantized once into a small local buffer (L1-sized) and reused by every activation row,
   then each row's dot products run as in the GEMV.
 
-4-bit kernels with float16 activations and scales (q4f16_1) get the same hand-written kernels,
-which widen every load and sum in float32 (the generic kernel summed in float16, converting at
-every step on CPUs without float16 arithmetic: 7x slower); on SSE2 their GEMMs keep the TIR
-schedule and its float16 sums.
+Float16 models (q4f16_1: activations and scales; q0f16: weights too) get the same hand-written
+kernels on native targets, which widen every load and sum in float32 (the generic kernels sum
+in float16, converting at every step on CPUs without float16 arithmetic: 3-7x slower). A
+float16 f32-shaped GEMV (q0f16 decode) takes the GEMM's one-row path on AVX2 + FMA. On SSE2 the
+GEMMs keep the TIR schedule and its float16 sums; wasm32 keeps the generic kernels.
 
 Results move by float rounding only (the sums are reassociated), within the tolerances the
 numerics tests use. Kernels these schedules do not recognise are left as they are.
@@ -111,9 +112,13 @@ def _schedule_gemv(sch: s_tir.Schedule, block: Any) -> None:
     sch.decompose_reduction(rf, ko)
 
 
-def _operands(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> list[Any] | None:
+def _operands(
+    sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = False
+) -> list[Any] | None:
     """The kernel's buffers as the hand-written kernels take them, (x, w, out) or (x, words,
-    scales, out), when they are its parameters in that order; else None."""
+    scales, out), when they are its parameters in that order; else None. Float16 operands
+    only on native targets: wasm32 has no float16 conversion instructions, and no browser
+    test runs a float16 CPU library, so its float16 models keep the generic kernels."""
     x = sch.get(block).reads[0].source
     out = sch.get(block).writes[0].source
     if dequant is None:
@@ -126,21 +131,24 @@ def _operands(sch: s_tir.Schedule, block: Any, dequant: Any | None) -> list[Any]
         return None
     if not all(p.same_as(b) for p, b in zip(params, operands, strict=True)):
         return None
-    # (x, w, out) all float32, or (x, words, scales, out) with float32 or float16 (q4f16_1)
-    # activations, scales and outputs
+    # (x, w, out), or (x, words, scales, out) with uint32 words; the rest float32 or float16
+    # (q0f16, q4f16_1)
     dtypes = [str(b.dtype) for b in operands]
-    if dequant is None:
-        return operands if dtypes == ["float32"] * 3 else None
-    floats = {"float32", "float16"}
-    if dtypes[1] != "uint32" or not {dtypes[0], dtypes[2], dtypes[3]} <= floats:
+    if dequant is not None and dtypes.pop(1) != "uint32":
         return None
-    return operands
+    floats = {"float32"} if wasm else {"float32", "float16"}
+    return operands if set(dtypes) <= floats else None
 
 
 def _dtypes(operands: list[Any]) -> tuple[str, str, str]:
-    """(input, scales, output) dtypes of a 4-bit kernel's operands."""
-    x, _, scales, out = operands
-    return str(x.dtype), str(scales.dtype), str(out.dtype)
+    """(input, weights or scales, output) dtypes of a kernel's operands."""
+    return str(operands[0].dtype), str(operands[-2].dtype), str(operands[-1].dtype)
+
+
+def _all_f32(sch: s_tir.Schedule, block: Any) -> bool:
+    """Whether the matmul ``block`` reads and writes float32 only."""
+    buffers = [r.source for r in sch.get(block).reads] + [sch.get(block).writes[0].source]
+    return all(str(b.dtype) == "float32" for b in buffers)
 
 
 def _static(buffer: Any) -> list[int] | None:
@@ -150,7 +158,7 @@ def _static(buffer: Any) -> list[int] | None:
 
 def _q4_gemv(sch: s_tir.Schedule, block: Any, dequant: Any, wasm: bool) -> Any | None:
     """The hand-written 4-bit GEMV for this kernel, or None where it does not apply."""
-    operands = _operands(sch, block, dequant)
+    operands = _operands(sch, block, dequant, wasm)
     if operands is None:
         return None
     shapes = [_static(b) for b in operands]
@@ -169,7 +177,7 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = Fal
     """The hand-written register-blocked GEMM for this kernel, or None where it does not
     apply (3-D input and output, static weights, ``n % 16 == 0``, ``k % 8 == 0``); ``wasm``:
     its wasm32 form (a smaller register block, the 4-bit GEMV's wasm order)."""
-    operands = _operands(sch, block, dequant)
+    operands = _operands(sch, block, dequant, wasm)
     if operands is None or len(operands[0].shape) != 3 or len(operands[-1].shape) != 3:
         return None
     k, n = _const_int(operands[0].shape[-1]), _const_int(operands[-1].shape[-1])
@@ -177,7 +185,7 @@ def _gemm(sch: s_tir.Schedule, block: Any, dequant: Any | None, wasm: bool = Fal
         return None
     weights = [_static(b) for b in operands[1:-1]]
     if dequant is None:
-        return cpu_kernels.gemm_f32(n, k, wasm) if weights == [[n, k]] else None
+        return cpu_kernels.gemm_f32(n, k, wasm, _dtypes(operands)) if weights == [[n, k]] else None
     if weights != [list(shape) for shape in quantized_shapes((n, k))]:
         return None
     return cpu_kernels.gemm_q4(n, k, wasm, _dtypes(operands))
@@ -237,7 +245,10 @@ def schedule_matmul(
         if dequant is None:
             # f32 GEMV is memory-bound and LLVM already vectorises it well: scheduled, it was
             # no faster on one thread (SSE2: slower) and slower on a loaded machine's two.
-            return None
+            # Float16 (q0f16) sums in float16, converting at every step: there the GEMM's
+            # one-row path (8 FMA chains over widened loads) on AVX2 + FMA (with F16C).
+            kernel = _gemm(sch, block, None) if wide and not _all_f32(sch, block) else None
+            return None if kernel is None else _with_attrs_of(func, kernel)
         kernel = _q4_gemv(sch, block, dequant, wasm)
         if kernel is not None:
             return _with_attrs_of(func, kernel)
