@@ -17,8 +17,9 @@ a PrimFunc gets; these only build the replacement, with the same arguments in th
   their lanes. On wasm32 the same kernels run with a ``WASM_MR`` x 16 block (4-bit: packed from
   ``WASM_Q4_PACK_ROWS`` rows on).
 
-The 4-bit kernels also take float16 activations, scales and outputs (q4f16_1): every load is
-widened to float32 and each output rounded once (``dtypes``; CPUs have no float16 arithmetic).
+The kernels also take float16 operands (``dtypes``: q4f16_1's activations, scales and outputs,
+q0f16's weights too): every load is widened to float32 and each output rounded once (CPUs have
+no float16 arithmetic).
 
 Sums run in another order than the generic kernels' (along k, one FMA chain per output in the
 micro-kernel): results move by float rounding only, within the numerics tests' tolerances.
@@ -425,7 +426,7 @@ def gemm_f32(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = 
 
 
 def gemm_q4(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F32) -> Any:
-    """As ``gemm_f32`` for 4-bit weights (q4_format.py, f32 scales). From ``Q4_PACK_ROWS`` rows
+    """As ``gemm_f32`` for 4-bit weights (q4_format.py). From ``Q4_PACK_ROWS`` rows
     on (wasm32: ``WASM_Q4_PACK_ROWS``; or when ``k`` is not a multiple of 64), each task first
     dequantizes its 16 weight rows, 8 codes of a word at a time, into a row-major tile, and
     packs it from there. With fewer rows that copy cost more than the products (batch 2 took 3x

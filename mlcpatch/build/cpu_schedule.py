@@ -25,9 +25,9 @@ group_quant.py) gets one of two schedules:
 
 Float16 models (q4f16_1: activations and scales; q0f16: weights too) get the same hand-written
 kernels on native targets, which widen every load and sum in float32 (the generic kernels sum
-in float16, converting at every step on CPUs without float16 arithmetic: 3-7x slower). A
-float16 f32-shaped GEMV (q0f16 decode) takes the GEMM's one-row path on AVX2 + FMA. On SSE2 the
-GEMMs keep the TIR schedule and its float16 sums; wasm32 keeps the generic kernels.
+in float16, converting at every step on CPUs without float16 arithmetic: 3-7x slower). The
+decode GEMV of unquantized float16 weights (q0f16) takes the GEMM's one-row path on AVX2 + FMA.
+On SSE2 the GEMMs keep the TIR schedule and its float16 sums; wasm32 keeps the generic kernels.
 
 Results move by float rounding only (the sums are reassociated), within the tolerances the
 numerics tests use. Kernels these schedules do not recognise are left as they are.
