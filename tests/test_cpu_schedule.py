@@ -47,27 +47,39 @@ def decode_words(words: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
 def _rows(kind: str) -> tuple[Any, ...]:
     if kind == "decode":
         return (1, 1)
-    if kind == "prefill":
+    if kind in ("prefill", "packed"):  # "packed": enough rows for the GEMM to pack them
         return (1, tirx.Var("seq_len", "int64"))
     return (tirx.Var("batch_size", "int64"), 1)  # batched decode
 
 
-def _q4_func(kind: str, n: int, k: int) -> tirx.PrimFunc:
-    x = te.placeholder((*_rows(kind), k), "float32", name="x")
+def _q4_func(
+    kind: str, n: int, k: int, dtype: str = "float32", out_dtype: str = "float32"
+) -> tirx.PrimFunc:
+    """A 4-bit linear layer as group_quant.py makes it: ``dtype`` activations and scales
+    (q4f16_1: float16)."""
+    x = te.placeholder((*_rows(kind), k), dtype, name="x")
     q_shape, s_shape = q4_format.quantized_shapes((n, k))
     words = te.placeholder(q_shape, "uint32", name="q_weight")
-    scales = te.placeholder(s_shape, "float32", name="q_scale")
-    out = group_quant._linear_te(x, words, scales, k=k, out_dtype="float32")
+    scales = te.placeholder(s_shape, dtype, name="q_scale")
+    out = group_quant._linear_te(x, words, scales, k=k, out_dtype=out_dtype)
     return te.create_prim_func([x, words, scales, out])
 
 
-def _f32_func(kind: str, n: int, k: int) -> tirx.PrimFunc:
-    x = te.placeholder((*_rows(kind), k), "float32", name="x")
-    w = te.placeholder((n, k), "float32", name="w")
+def _matmul_func(
+    kind: str, n: int, k: int, dtype: str = "float32", out_dtype: str = "float32"
+) -> tirx.PrimFunc:
+    """An unquantized linear layer as FuseTransposeMatmul makes it: ``dtype`` activations and
+    weights (q0f16: float16), products and sum in ``out_dtype``."""
+    x = te.placeholder((*_rows(kind), k), dtype, name="x")
+    w = te.placeholder((n, k), dtype, name="w")
     red = te.reduce_axis((0, k), name="k")
+
+    def wide(value: Any) -> Any:
+        return value if dtype == out_dtype else value.astype(out_dtype)
+
     out = te.compute(
         (*x.shape[:-1], n),
-        lambda *i: te.sum(x[(*i[:-1], red)] * w[i[-1], red], axis=red),
+        lambda *i: te.sum(wide(x[(*i[:-1], red)]) * wide(w[i[-1], red]), axis=red),
         name="NT_matmul",
     )
     return te.create_prim_func([x, w, out])
@@ -153,15 +165,6 @@ F16_CASES = [
 F16_ROWS = {"decode": (1, 1), "batch": (3, 1), "prefill": (1, 7), "packed": (1, 40)}
 
 
-def _q4_f16_func(kind: str, n: int, k: int, out_dtype: str) -> tirx.PrimFunc:
-    x = te.placeholder((*_rows("prefill" if kind == "packed" else kind), k), "float16", name="x")
-    q_shape, s_shape = q4_format.quantized_shapes((n, k))
-    words = te.placeholder(q_shape, "uint32", name="q_weight")
-    scales = te.placeholder(s_shape, "float16", name="q_scale")
-    out = group_quant._linear_te(x, words, scales, k=k, out_dtype=out_dtype)
-    return te.create_prim_func([x, words, scales, out])
-
-
 @pytest.mark.parametrize("out_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("cpu,kind", F16_CASES, ids=[f"{c}-{k}" for c, k in F16_CASES])
 def test_q4_kernels_take_float16(cpu: str, kind: str, out_dtype: str) -> None:
@@ -170,7 +173,7 @@ def test_q4_kernels_take_float16(cpu: str, kind: str, out_dtype: str) -> None:
     words, scales = q4_format.quantize(rng.standard_normal((n, k)).astype(np.float32), "float16")
     assert scales.dtype == np.float16
     x = rng.standard_normal((*F16_ROWS[kind], k)).astype(np.float16)
-    func = _q4_f16_func(kind, n, k, out_dtype)
+    func = _q4_func(kind, n, k, "float16", out_dtype)
     (llvm,) = parse_targets("llvm", cpu)
     wide = cpu_schedule.target_is_wide(llvm.make_target())
     new = cpu_schedule.schedule_matmul(func, wide=wide)
@@ -196,17 +199,7 @@ def test_float16_weights_take_the_gemm(kind: str, out_dtype: str) -> None:
     rng = np.random.default_rng(len(kind))
     x = rng.standard_normal((*F16_ROWS[kind], k)).astype(np.float16)
     w = rng.standard_normal((n, k)).astype(np.float16)
-    xt = te.placeholder((*_rows("prefill" if kind == "packed" else kind), k), "float16", name="x")
-    wt = te.placeholder((n, k), "float16", name="w")
-    red = te.reduce_axis((0, k), name="k")
-    out_t = te.compute(
-        (*xt.shape[:-1], n),
-        lambda *i: te.sum(
-            xt[(*i[:-1], red)].astype(out_dtype) * wt[i[-1], red].astype(out_dtype), axis=red
-        ),
-        name="NT_matmul",
-    )
-    func = te.create_prim_func([xt, wt, out_t])
+    func = _matmul_func(kind, n, k, "float16", out_dtype)
     (llvm,) = parse_targets("llvm", "native")
     assert cpu_schedule.target_is_wide(llvm.make_target())
     new = cpu_schedule.schedule_matmul(func, wide=True)
@@ -217,7 +210,7 @@ def test_float16_weights_take_the_gemm(kind: str, out_dtype: str) -> None:
     assert err < (REL_TOL if out_dtype == "float32" else 1e-3), f"relative error {err:.2e}"
     # float32 matmuls keep LLVM's own GEMV, as before
     if kind == "decode":
-        assert cpu_schedule.schedule_matmul(_f32_func("decode", n, k), wide=True) is None
+        assert cpu_schedule.schedule_matmul(_matmul_func("decode", n, k), wide=True) is None
 
 
 # The wasm32 GEMV (cpu_kernels.q4_gemv with wasm=True) is plain TIR: compiled for this CPU here, its
@@ -262,7 +255,7 @@ def test_f32_kernels_match_numpy(kind: str, shape: tuple[int, int]) -> None:
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = _x(kind, k, rng)
     out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
-    got = _run(_scheduled(_f32_func(kind, n, k)), [x, w, out])
+    got = _run(_scheduled(_matmul_func(kind, n, k)), [x, w, out])
     _check(got, x.astype(np.float64) @ w.T.astype(np.float64))
 
 
@@ -281,7 +274,7 @@ def test_q4_kernel_outside_the_schedules_still_inlines_its_dequantization() -> N
 
 
 def test_f32_decode_is_left_to_llvm() -> None:
-    assert cpu_schedule.schedule_matmul(_f32_func("decode", 96, 128)) is None
+    assert cpu_schedule.schedule_matmul(_matmul_func("decode", 96, 128)) is None
 
 
 def test_other_kernels_are_left_alone() -> None:
@@ -338,7 +331,7 @@ def _check_gemm(
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((1, m, k) if kind == "prefill" else (m, 1, k)).astype(np.float32)
     out = np.zeros((*x.shape[:-1], n), dtype=np.float32)
-    func = _q4_func(kind, n, k) if quant == "q4" else _f32_func(kind, n, k)
+    func = _q4_func(kind, n, k) if quant == "q4" else _matmul_func(kind, n, k)
     new = cpu_schedule.schedule_matmul(func, wide=not wasm, wasm=wasm)
     assert new is not None and "T.sblock" not in new.script(), "not the hand-written GEMM"
     q4_pack = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
@@ -370,8 +363,9 @@ def test_wide_gemm_rows_cover_both_paths() -> None:
 
 def test_wide_gemm_only_where_it_fits() -> None:
     # n = 40 is not a whole number of 16-column tasks: the generic GEMM schedule instead.
-    assert "T.sblock" in cpu_schedule.schedule_matmul(_f32_func("prefill", 40, 48), True).script()
-    assert "T.sblock" in cpu_schedule.schedule_matmul(_f32_func("prefill", 32, 48)).script()
+    untiled = cpu_schedule.schedule_matmul(_matmul_func("prefill", 40, 48), True)
+    assert "T.sblock" in untiled.script()
+    assert "T.sblock" in cpu_schedule.schedule_matmul(_matmul_func("prefill", 32, 48)).script()
 
 
 def test_wide_means_avx2_and_fma() -> None:

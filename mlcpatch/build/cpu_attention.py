@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlcpatch.build.cpu_kernels import load_f32, rounded_for
+
 CHUNK = 16  # key/value rows per online-softmax step: one KV-cache page
 LANES = 8  # f32 lanes of one AVX2 register (two SSE2 / wasm SIMD ones)
 LOG2E = math.log2(math.e)  # the kernels' softmax is in base 2, as TVM's
@@ -66,22 +68,6 @@ def _exp2(x: Any) -> Any:
     return poly * tirx.reinterpret("float32", bits)
 
 
-def _wide(buf: Any, index: Any) -> Any:
-    """``buf[index]`` as float32: float16 caches and activations are widened as they are
-    loaded (exact), so every product and sum stays float32 (CPUs have no float16 arithmetic)."""
-    from tvm import tirx
-
-    value = buf[index]
-    return value if str(buf.dtype) == "float32" else tirx.Cast("float32", value)
-
-
-def _narrow(buf: Any, value: Any) -> Any:
-    """A float32 ``value`` to store in ``buf``: rounded once to its dtype."""
-    from tvm import tirx
-
-    return value if str(buf.dtype) == "float32" else tirx.Cast(str(buf.dtype), value)
-
-
 # RoPE variants whose frequency function takes (position, d, rotary_dim, theta, dtype) and pairs
 # d with d +- rotary_dim / 2 (gptj pairs neighbours; longrope takes a factors tensor).
 _TABLE_ROPES = (None, "llama3", "llama4", "yarn")
@@ -111,9 +97,9 @@ def _rotated(buf: Any, idx: tuple[Any, ...], pos: Any, dim: int, theta: Any, sca
     cos, sin = (_rope_angle(scaling, which, pos, d, dim, theta) for which in (0, 1))
     half = dim // 2
     partner = tirx.if_then_else(
-        d < half, -_wide(buf, (*idx[:-1], d + half)), _wide(buf, (*idx[:-1], d - half))
+        d < half, -load_f32(buf, (*idx[:-1], d + half)), load_f32(buf, (*idx[:-1], d - half))
     )
-    return cos * _wide(buf, idx) + sin * partner
+    return cos * load_f32(buf, idx) + sin * partner
 
 
 def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) -> Any:
@@ -152,7 +138,7 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                     )
             else:
                 for d in T.vectorized(dim):
-                    qs[g, d] = qscale * _wide(query, (row, kv_head * group + g, d))
+                    qs[g, d] = qscale * load_f32(query, (row, kv_head * group + g, d))
             for d in T.vectorized(dim):
                 acc_o[g, d] = T.float32(0)
             run_max[g] = T.float32(-5e4)
@@ -171,7 +157,7 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
             for c in range(chunks):
                 for i in T.unroll(4):
                     for lane in T.vectorized(LANES):
-                        dot[i, lane] = dot[i, lane] + qs[g, c * LANES + lane] * _wide(
+                        dot[i, lane] = dot[i, lane] + qs[g, c * LANES + lane] * load_f32(
                             kf, k_base + (quad * 4 + i) * k_stride + c * LANES + lane
                         )
             for i in T.unroll(4):
@@ -183,7 +169,7 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                 dot[0, lane] = T.float32(0)
             for c in range(chunks):
                 for lane in T.vectorized(LANES):
-                    dot[0, lane] = dot[0, lane] + qs[g, c * LANES + lane] * _wide(
+                    dot[0, lane] = dot[0, lane] + qs[g, c * LANES + lane] * load_f32(
                         kf, k_base + (rows // 4 * 4 + r) * k_stride + c * LANES + lane
                     )
             for lane in T.vectorized(4):
@@ -206,14 +192,16 @@ def _attention_macros(hq: int, hk: int, dim: int, rope_scaling: dict[str, Any]) 
                 acc_o[g, d] = acc_o[g, d] * rescale
             for r in range(rows):
                 for d in T.vectorized(dim):
-                    acc_o[g, d] = acc_o[g, d] + score[g, r] * _wide(vf, v_base + r * v_stride + d)
+                    acc_o[g, d] = acc_o[g, d] + score[g, r] * load_f32(
+                        vf, v_base + r * v_stride + d
+                    )
 
     @T.macro
     def finish(st: Any, output: Any, lse: Any, row: Any, kv_head: Any) -> None:
         acc_o, run_max, run_sum = st[1], st[2], st[3]
         for g in range(group):
             for d in T.vectorized(dim):
-                output[row, kv_head * group + g, d] = _narrow(output, acc_o[g, d] / run_sum[g])
+                output[row, kv_head * group + g, d] = rounded_for(output, acc_o[g, d] / run_sum[g])
             lse[row, kv_head * group + g] = run_max[g] + T.log2(run_sum[g])
 
     @T.macro
@@ -547,25 +535,27 @@ def split_rotary(
                     sin[d] = T.float32(0)
             for h in range(hq):
                 for d in T.vectorized(half):
-                    q[s, h, d] = _narrow(
-                        q, cos[d] * _wide(qkv, (s, h, d)) + sin[d] * _wide(qkv, (s, h, d + half))
-                    )
-                    q[s, h, d + half] = _narrow(
+                    q[s, h, d] = rounded_for(
                         q,
-                        cos[d + half] * _wide(qkv, (s, h, d + half))
-                        + sin[d + half] * _wide(qkv, (s, h, d)),
+                        cos[d] * load_f32(qkv, (s, h, d))
+                        + sin[d] * load_f32(qkv, (s, h, d + half)),
+                    )
+                    q[s, h, d + half] = rounded_for(
+                        q,
+                        cos[d + half] * load_f32(qkv, (s, h, d + half))
+                        + sin[d + half] * load_f32(qkv, (s, h, d)),
                     )
             for h in range(hk):
                 for d in T.vectorized(half):
-                    k[s, h, d] = _narrow(
+                    k[s, h, d] = rounded_for(
                         k,
-                        cos[d] * _wide(qkv, (s, hq + h, d))
-                        + sin[d] * _wide(qkv, (s, hq + h, d + half)),
+                        cos[d] * load_f32(qkv, (s, hq + h, d))
+                        + sin[d] * load_f32(qkv, (s, hq + h, d + half)),
                     )
-                    k[s, h, d + half] = _narrow(
+                    k[s, h, d + half] = rounded_for(
                         k,
-                        cos[d + half] * _wide(qkv, (s, hq + h, d + half))
-                        + sin[d + half] * _wide(qkv, (s, hq + h, d)),
+                        cos[d + half] * load_f32(qkv, (s, hq + h, d + half))
+                        + sin[d + half] * load_f32(qkv, (s, hq + h, d)),
                     )
             for h in range(hk):
                 for d in T.vectorized(dim):

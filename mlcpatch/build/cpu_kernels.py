@@ -66,18 +66,21 @@ Q4_ROWS_AT_ONCE = 4  # rows sharing one decoded 4-bit word in the few-rows 4-bit
 F32 = ("float32", "float32", "float32")
 
 
-def _cast(dtype: str, value: Any) -> Any:
-    """``value`` (a float32 expression) stored as ``dtype``: rounded once, at the end."""
-    from tvm.script import tirx as T
+def load_f32(buf: Any, index: Any) -> Any:
+    """``buf[index]`` as float32: float16 loads widened (exact), float32 ones as they are. The
+    kernels compute in float32 whatever their operands' dtype (CPUs have no float16
+    arithmetic); cpu_attention.py's as well."""
+    from tvm import tirx
 
-    return value if dtype == "float32" else T.Cast(dtype, value)
+    value = buf[index]
+    return value if str(buf.dtype) == "float32" else tirx.Cast("float32", value)
 
 
-def _f32(dtype: str, value: Any) -> Any:
-    """A load of a ``dtype`` buffer as float32: float16 widened (exact), float32 as it is."""
-    from tvm.script import tirx as T
+def rounded_for(buf: Any, value: Any) -> Any:
+    """A float32 ``value`` to store in ``buf``: rounded once to its dtype."""
+    from tvm import tirx
 
-    return value if dtype == "float32" else T.Cast("float32", value)
+    return value if str(buf.dtype) == "float32" else tirx.Cast(str(buf.dtype), value)
 
 
 def _pairwise(terms: list[Any]) -> Any:
@@ -132,8 +135,7 @@ def q4_gemv(
 
     x_dtype, s_dtype, out_dtype = dtypes
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
-    prescale = _q4_prescale(k, wasm, x_dtype)
-    row_dots = _q4_row_dots(n, k, 1, wasm, s_dtype, out_dtype)
+    prescale, row_dots = _q4_prescale(k, wasm), _q4_row_dots(n, k, 1, wasm)
     blocks = k // (LANES * PER_WORD)
 
     @T.prim_func(private=True)
@@ -156,7 +158,7 @@ def q4_gemv(
     return kernel
 
 
-def _q4_prescale(k: int, wasm: bool = False, x_dtype: str = "float32") -> Any:
+def _q4_prescale(k: int, wasm: bool = False) -> Any:
     """A macro filling ``xs[r, b, e, lane] = x[r, 64 b + 8 lane + e] / 16**e`` and
     ``xm[r, b, lane] = -7 * sum_e x[r, 64 b + 8 lane + e]`` for ``rows`` input rows (see
     ``q4_gemv``), and on wasm32 the masks ``mk[e, lane] = 15 << 4 e`` (see ``_q4_row_dots``)."""
@@ -171,27 +173,20 @@ def _q4_prescale(k: int, wasm: bool = False, x_dtype: str = "float32") -> Any:
             mk[e, lane] = T.shift_left(T.uint32(15), T.Cast("uint32", 4 * e))
         for r, b, e, lane in T.grid(rows, blocks, PER_WORD, LANES):
             # 16**-e built from its exponent bits (exact); the top code is shifted, so 1.
-            xs[r, b, e, lane] = _f32(x_dtype, xf[r * k + 64 * b + 8 * lane + e]) * T.reinterpret(
+            xs[r, b, e, lane] = load_f32(xf, r * k + 64 * b + 8 * lane + e) * T.reinterpret(
                 "float32", T.shift_left(T.if_then_else(e == top, 127, 127 - 4 * e), 23)
             )
         for r, b, lane in T.grid(rows, blocks, LANES):
             xm[r, b, lane] = T.float32(0)
             for e in range(PER_WORD):
-                xm[r, b, lane] = xm[r, b, lane] - T.float32(7) * _f32(
-                    x_dtype, xf[r * k + 64 * b + 8 * lane + e]
+                xm[r, b, lane] = xm[r, b, lane] - T.float32(7) * load_f32(
+                    xf, r * k + 64 * b + 8 * lane + e
                 )
 
     return prescale
 
 
-def _q4_row_dots(
-    n: int,
-    k: int,
-    rows: int,
-    wasm: bool = False,
-    s_dtype: str = "float32",
-    out_dtype: str = "float32",
-) -> Any:
+def _q4_row_dots(n: int, k: int, rows: int, wasm: bool = False) -> Any:
     """A macro computing ``out[r0 + i, row]`` for ``i < rows`` from weight row ``row``: each
     decoded word feeds all those rows (see ``q4_gemv``); the accumulators stay on the stack
     (scope "global" under 1 KiB is an alloca on the CPU; "local" would be a workspace call).
@@ -241,10 +236,10 @@ def _q4_row_dots(
                 for lane in T.vectorized(LANES):
                     # lanes 0-3 are in group 2b, lanes 4-7 in group 2b + 1
                     acc[i, lane] = (
-                        acc[i, lane] + _f32(s_dtype, s[row, b * 2 + lane // 4]) * part[i, lane]
+                        acc[i, lane] + load_f32(s, (row, b * 2 + lane // 4)) * part[i, lane]
                     )
         for i in T.unroll(rows):
-            of[(r0 + i) * n + row] = _cast(out_dtype, lane_sum(acc, i))
+            of[(r0 + i) * n + row] = rounded_for(of, lane_sum(acc, i))
 
     @T.macro
     def tree_dot(w: Any, s: Any, xs: Any, xm: Any, mk: Any, of: Any, row: Any, r0: Any) -> None:
@@ -253,26 +248,22 @@ def _q4_row_dots(
             acc[lane] = T.float32(0)
         for b in range(blocks):
             for lane in T.vectorized(LANES):
-                acc[lane] = acc[lane] + _f32(s_dtype, s[row, b * 2 + lane // 4]) * (
+                acc[lane] = acc[lane] + load_f32(s, (row, b * 2 + lane // 4)) * (
                     xm[r0, b, lane]
                     + _pairwise(
                         [code(w, mk, row, b, lane, e) * xs[r0, b, e, lane] for e in range(PER_WORD)]
                     )
                 )
-        of[r0 * n + row] = _cast(out_dtype, lane_sum(acc))
+        of[r0 * n + row] = rounded_for(of, lane_sum(acc))
 
     return tree_dot if wasm and rows == 1 else row_dots
 
 
-def _gemm_task(
-    n: int, k: int, pack_rows: int, mr: int = MR, dtypes: tuple[str, str, str] = F32
-) -> Any:
+def _gemm_task(n: int, k: int, pack_rows: int, mr: int = MR) -> Any:
     """A macro computing one GEMM task's 16 columns for every row, in one of two ways (see the
-    module doc): packed from ``pack_rows`` rows on. ``dtypes``: of the input, the weights and
-    the output (float16 loads widened, float32 arithmetic)."""
+    module doc): packed from ``pack_rows`` rows on; float32 inputs, float32 or float16 weights
+    (widened as loaded) and outputs."""
     from tvm.script import tirx as T
-
-    x_dtype, w_dtype, out_dtype = dtypes
 
     @T.macro
     def packed_rows(xf: Any, of: Any, panel: Any, col0: Any, rows: Any) -> None:
@@ -284,21 +275,19 @@ def _gemm_task(
             for kk in range(k):
                 for i in T.unroll(mr):
                     for j in T.vectorized(NR):
-                        acc[i, j] = (
-                            acc[i, j] + _f32(x_dtype, xf[(blk * mr + i) * k + kk]) * panel[kk, j]
-                        )
+                        acc[i, j] = acc[i, j] + xf[(blk * mr + i) * k + kk] * panel[kk, j]
             for i in T.unroll(mr):
                 for j in T.vectorized(NR):
-                    of[(blk * mr + i) * n + col0 * NR + j] = _cast(out_dtype, acc[i, j])
+                    of[(blk * mr + i) * n + col0 * NR + j] = rounded_for(of, acc[i, j])
         for row in range(rows // mr * mr, rows):
             acc1 = T.alloc_buffer((NR,), "float32")
             for j in T.vectorized(NR):
                 acc1[j] = T.float32(0)
             for kk in range(k):
                 for j in T.vectorized(NR):
-                    acc1[j] = acc1[j] + _f32(x_dtype, xf[row * k + kk]) * panel[kk, j]
+                    acc1[j] = acc1[j] + xf[row * k + kk] * panel[kk, j]
             for j in T.vectorized(NR):
-                of[row * n + col0 * NR + j] = _cast(out_dtype, acc1[j])
+                of[row * n + col0 * NR + j] = rounded_for(of, acc1[j])
 
     def dots(rows: int, cols: int) -> Any:
         """``cols`` adjacent columns of ``rows`` rows as dot products, the sum along k split
@@ -323,21 +312,21 @@ def _gemm_task(
                     for c in T.unroll(cols):
                         for p in T.unroll(parts):
                             for lane in T.vectorized(LANES):
-                                acc[r, c, p, lane] = acc[r, c, p, lane] + _f32(
-                                    x_dtype, xf[(row0 + r) * k + kb * step + p * LANES + lane]
-                                ) * _f32(w_dtype, w[w_row + c, kb * step + p * LANES + lane])
+                                acc[r, c, p, lane] = acc[r, c, p, lane] + xf[
+                                    (row0 + r) * k + kb * step + p * LANES + lane
+                                ] * load_f32(w, (w_row + c, kb * step + p * LANES + lane))
             for kb in range(k // step * parts, k // LANES):  # k not a multiple of step
                 for r in T.unroll(rows):
                     for c in T.unroll(cols):
                         for lane in T.vectorized(LANES):
-                            acc[r, c, 0, lane] = acc[r, c, 0, lane] + _f32(
-                                x_dtype, xf[(row0 + r) * k + kb * LANES + lane]
-                            ) * _f32(w_dtype, w[w_row + c, kb * LANES + lane])
+                            acc[r, c, 0, lane] = acc[r, c, 0, lane] + xf[
+                                (row0 + r) * k + kb * LANES + lane
+                            ] * load_f32(w, (w_row + c, kb * LANES + lane))
             for r in T.unroll(rows):
                 for c in T.unroll(cols):
                     for lane in T.vectorized(LANES):
                         red[r, c, lane] = part_sum(acc, parts, r, c, lane)
-                    of[(row0 + r) * n + col + c] = _cast(out_dtype, lane_sum(red, r, c))
+                    of[(row0 + r) * n + col + c] = rounded_for(of, lane_sum(red, r, c))
 
         return run
 
@@ -377,7 +366,7 @@ def _gemm_task(
         if rows >= pack_rows:
             panel = T.alloc_buffer((k, NR), "float32")
             for j, kk in T.grid(NR, k):
-                panel[kk, j] = _f32(w_dtype, w[w_row0 + j, kk])
+                panel[kk, j] = load_f32(w, (w_row0 + j, kk))
             packed_rows(xf, of, panel, col0, rows)
         else:
             direct_rows(xf, of, w, w_row0, col0, rows)
@@ -395,7 +384,7 @@ def gemm_f32(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = 
     # float16 inputs are widened into a float32 copy first: the micro-kernel broadcasts every
     # input element, which widened at each use cost a conversion per broadcast (SmolLM2 q0f16
     # prefill of 128 tokens, one znver4 core: 217 -> 342 tok/s)
-    task = _gemm_task(n, k, PACK_ROWS, WASM_MR if wasm else MR, ("float32", w_dtype, out_dtype))
+    task = _gemm_task(n, k, PACK_ROWS, WASM_MR if wasm else MR)
 
     @T.macro
     def run(xf: Any, of: Any, w: Any, rows: Any) -> None:
@@ -439,13 +428,10 @@ def gemm_q4(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F
     x_dtype, s_dtype, out_dtype = dtypes
     (_, words_per_row), (_, groups) = quantized_shapes((n, k))
     pack_rows = WASM_Q4_PACK_ROWS if wasm else Q4_PACK_ROWS
-    # the task reads a float32 tile, and float32 inputs (float16 ones are widened first)
-    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR, ("float32", "float32", out_dtype))
+    task = _gemm_task(n, k, pack_rows, WASM_MR if wasm else MR)
     blocks = k // (LANES * PER_WORD)
-    prescale = _q4_prescale(k, wasm, x_dtype)
-    row_dots, row_pair, row_dot = (
-        _q4_row_dots(n, k, r, wasm, s_dtype, out_dtype) for r in (Q4_ROWS_AT_ONCE, 2, 1)
-    )
+    prescale = _q4_prescale(k, wasm)
+    row_dots, row_pair, row_dot = (_q4_row_dots(n, k, r, wasm) for r in (Q4_ROWS_AT_ONCE, 2, 1))
 
     @T.macro
     def f32_tiles(xf: Any, of: Any, q: Any, s: Any, rows: Any) -> None:
@@ -462,7 +448,7 @@ def gemm_q4(n: int, k: int, wasm: bool = False, dtypes: tuple[str, str, str] = F
                             ),
                         )
                         - T.float32(7)
-                    ) * _f32(s_dtype, s[col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE])
+                    ) * load_f32(s, (col0 * NR + j, (word * PER_WORD + e) // GROUP_SIZE))
             task(xf, of, tile, 0, col0, rows)
 
     @T.macro

@@ -145,12 +145,6 @@ def _dtypes(operands: list[Any]) -> tuple[str, str, str]:
     return str(operands[0].dtype), str(operands[-2].dtype), str(operands[-1].dtype)
 
 
-def _all_f32(sch: s_tir.Schedule, block: Any) -> bool:
-    """Whether the matmul ``block`` reads and writes float32 only."""
-    buffers = [r.source for r in sch.get(block).reads] + [sch.get(block).writes[0].source]
-    return all(str(b.dtype) == "float32" for b in buffers)
-
-
 def _static(buffer: Any) -> list[int] | None:
     dims = [_const_int(d) for d in buffer.shape]
     return None if any(d is None for d in dims) else dims
@@ -247,7 +241,10 @@ def schedule_matmul(
             # no faster on one thread (SSE2: slower) and slower on a loaded machine's two.
             # Float16 (q0f16) sums in float16, converting at every step: there the GEMM's
             # one-row path (8 FMA chains over widened loads) on AVX2 + FMA (with F16C).
-            kernel = _gemm(sch, block, None) if wide and not _all_f32(sch, block) else None
+            operands = _operands(sch, block, None) if wide else None
+            if operands is None or _dtypes(operands) == cpu_kernels.F32:
+                return None
+            kernel = _gemm(sch, block, None)
             return None if kernel is None else _with_attrs_of(func, kernel)
         kernel = _q4_gemv(sch, block, dequant, wasm)
         if kernel is not None:
